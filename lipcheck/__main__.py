@@ -1,0 +1,3 @@
+from lipcheck.cli.app import main
+
+main()

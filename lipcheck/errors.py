@@ -1,0 +1,23 @@
+"""Typed errors. The CLI catches :class:`LipcheckError` once and prints one line (exit code 2)."""
+
+from __future__ import annotations
+
+
+class LipcheckError(Exception):
+    """Base class: a problem with the user's input, reported as one line."""
+
+
+class LoadError(LipcheckError):
+    """The model file is missing, unreadable, corrupt, or not a model lipcheck can load."""
+
+
+class InputShapeError(LipcheckError):
+    """An input shape is dynamic and no ``--input-shape`` fixes it, or the given shape is wrong."""
+
+
+class UnsupportedModelError(LipcheckError):
+    """The model has no Lipschitz constant lipcheck can speak of (e.g. only integer inputs)."""
+
+
+class InvalidWeightsError(LipcheckError):
+    """A weight tensor holds NaN or Inf values."""
