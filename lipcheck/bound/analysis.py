@@ -1,0 +1,136 @@
+"""The analysis pipeline: load → canonicalize → walk (per-layer norms, composition) → lower bound → Report."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import lipcheck
+from lipcheck.bound.walker import walk
+from lipcheck.errors import UnsupportedModelError
+from lipcheck.ir.canonicalize import fold_batchnorm
+from lipcheck.ir.graph import Graph
+from lipcheck.loaders import load_model
+from lipcheck.progress import NullProgress, Progress
+from lipcheck.report.model import InputInfo, LowerBound, Report, Settings
+
+
+def analyze(
+    model: Any,
+    *,
+    input_shape: Any = None,
+    power_iterations: int = 100,
+    tolerance: float = 1e-6,
+    seed: int = 0,
+    exact_limit: int = 2_000_000,
+    lower_bound: bool = True,
+    lower_bound_seconds: float = 5.0,
+    progress: Progress | None = None,
+) -> Report:
+    """Analyse a model: per-layer spectral norms, a certified upper bound, an estimate and a lower bound.
+
+    ``model``: a path to an ONNX file, an ``onnx.ModelProto`` or a loaded :class:`~lipcheck.ir.Graph`.
+    The certified ``upper_bound`` is never below the true L2 Lipschitz constant (``None`` = unbounded);
+    ``estimate`` composes power-iteration estimates and is not a certificate; ``lower_bound.value`` is a
+    measured ratio, a true lower bound.
+    """
+    progress = progress or NullProgress()
+    settings = Settings(
+        power_iterations=power_iterations, tolerance=tolerance, seed=seed, exact_limit=exact_limit,
+        lower_bound=lower_bound, lower_bound_seconds=lower_bound_seconds,
+    )
+    graph = fold_batchnorm(load_model(model, input_shape=input_shape))
+    floats = graph.float_inputs
+    if not floats:
+        desc = ", ".join(f"'{i.name}' ({i.dtype})" for i in graph.inputs)
+        raise UnsupportedModelError(
+            f"{graph.source}: every input is an integer tensor ({desc}); integer inputs such as token ids "
+            "have no Lipschitz constant: lipcheck bounds models with respect to float inputs"
+        )
+    notes: list[str] = []
+    ints = [i for i in graph.inputs if not i.is_float]
+    if ints:
+        notes.append(
+            "integer inputs (" + ", ".join(i.name for i in ints) + ") have no Lipschitz constant; the bound is "
+            "with respect to the float inputs, the integer ones held fixed"
+        )
+    if len(floats) > 1:
+        notes.append("several float inputs: the bound is with respect to their concatenation")
+
+    result = walk(graph, settings, progress)
+    float_outputs = [o for o in graph.outputs if o.dtype.startswith(("float", "bfloat")) or o.dtype == "unknown"]
+    other_outputs = [o for o in graph.outputs if o not in float_outputs and result.upper.get(o.name, 0.0) > 0]
+    if other_outputs:
+        notes.append("non-float outputs that depend on the input: " + ", ".join(o.name for o in other_outputs))
+    upper = math.sqrt(sum(result.upper.get(o.name, math.inf) ** 2 for o in graph.outputs))
+    estimate = math.sqrt(sum(result.estimate.get(o.name, math.inf) ** 2 for o in graph.outputs))
+    if len(graph.outputs) > 1:
+        notes.append("several outputs: the bound is with respect to their concatenation")
+    if any(o.loose for o in result.ops):
+        loose = [o.name for o in result.ops if o.loose]
+        notes.append("loose factors (finite global constants far above typical local ones): " + ", ".join(loose))
+    skipped = [layer.name for layer in result.layers if layer.sigma_exact is None]
+    if skipped:
+        notes.append(f"exact σ skipped for {len(skipped)} layer(s) above --exact-limit: " + ", ".join(skipped[:5]))
+
+    lb: LowerBound | None = None
+    if lower_bound:
+        lb = _lower_bound(graph, model, settings, progress)
+    progress.finish()
+    certified = math.isfinite(upper)
+    return Report(
+        model=str(model) if isinstance(model, (str, os.PathLike)) else graph.source,
+        inputs=tuple(InputInfo(i.name, tuple(i.shape), i.dtype) for i in graph.inputs),
+        upper_bound=upper if certified else None,
+        certified=certified,
+        estimate=estimate if math.isfinite(estimate) else None,
+        lower_bound=lb,
+        unbounded=tuple(result.unbounded),
+        layers=tuple(result.layers),
+        ops=tuple(result.ops),
+        notes=tuple(notes),
+        settings=settings,
+        lipcheck_version=lipcheck.__version__,
+    )
+
+
+def _lower_bound(graph: Graph, model: Any, settings: Settings, progress: Progress) -> LowerBound:
+    from lipcheck.bound.lower import empirical_lower_bound
+
+    reference = _onnx_reference(model, graph)
+    progress.start(0, "lower bound")
+
+    class _Adapter:
+        def __call__(self, label: str) -> None:
+            progress.advance(label)
+
+    return empirical_lower_bound(
+        graph, seed=settings.seed, time_budget=settings.lower_bound_seconds, reference=reference, progress=_Adapter()
+    )
+
+
+def _onnx_reference(model: Any, graph: Graph) -> Callable[[list[np.ndarray]], list[np.ndarray]] | None:
+    """An onnxruntime runner of the original ONNX model (float inputs in order, integer inputs at zero)."""
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    try:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - no reference: the lower bound says it was not cross-checked
+        return None
+    names = [o.name for o in graph.outputs]
+
+    def run(float_inputs: list[np.ndarray]) -> list[np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        it = iter(float_inputs)
+        for i in graph.inputs:
+            dt = np.dtype(i.dtype)
+            feeds[i.name] = np.asarray(next(it), dtype=dt) if i.is_float else np.zeros(i.shape, dtype=dt)
+        return [np.asarray(v) for v in sess.run(names, feeds)]
+
+    return run

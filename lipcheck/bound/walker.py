@@ -1,0 +1,132 @@
+"""The one graph walker: gives every tensor t a constant L_t with ‖t(x) − t(y)‖ ≤ L_t·‖x − y‖.
+
+Float inputs start at 1 (the bound is w.r.t. their concatenation), integer inputs at 0 (held fixed).
+A one-input op multiplies by its constant; Add sums; Concat takes the root of the sum of squares (the rule
+says which); several outputs combine by root of the sum of squares (AutoLip, Virmaux & Scaman 2018).
+Certified gains (σ_upper) and power-iteration gains (σ_power) are composed side by side, never mixed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from lipcheck.ir.graph import Graph, Node
+from lipcheck.progress import NullProgress, Progress
+from lipcheck.report.model import LayerResult, OpResult, Settings, Unbounded
+from lipcheck.rules.registry import NoGlobalConstant, OpBound, RuleContext, rule_for
+
+INF = math.inf
+
+
+class RuleFailure(RuntimeError):
+    """A rule crashed: a bug in lipcheck, reported with the node it was bounding."""
+
+
+@dataclass
+class WalkResult:
+    upper: dict[str, float] = field(default_factory=dict)
+    estimate: dict[str, float] = field(default_factory=dict)
+    layers: list[LayerResult] = field(default_factory=list)
+    ops: list[OpResult] = field(default_factory=list)
+    unbounded: list[Unbounded] = field(default_factory=list)
+
+    def output_bound(self, graph: Graph, env: dict[str, float]) -> float:
+        return math.sqrt(sum(env.get(o.name, INF) ** 2 for o in graph.outputs))
+
+
+def _combine(values: list[float], combine: str) -> float:
+    if not values:
+        return 0.0
+    if any(math.isinf(v) for v in values):
+        return INF
+    return math.sqrt(sum(v * v for v in values)) if combine == "rss" else sum(values)
+
+
+def bound_node(node: Node, ctx: RuleContext) -> OpBound:
+    """The rule for one node; raises NoGlobalConstant for unbounded or unknown ops."""
+    if node.domain not in ("", "ai.onnx"):
+        raise NoGlobalConstant(f"op {node.op_type} of custom domain '{node.domain}' is not known to lipcheck")
+    rule = rule_for(node.op_type)
+    if rule is None:
+        raise NoGlobalConstant(f"op {node.op_type} is not known to lipcheck")
+    try:
+        return rule(node, ctx)
+    except NoGlobalConstant:
+        raise
+    except Exception as exc:
+        raise RuleFailure(f"while bounding node {node.name} ({node.op_type}): {type(exc).__name__}: {exc}") from exc
+
+
+def walk(graph: Graph, settings: Settings, progress: Progress | None = None) -> WalkResult:
+    progress = progress or NullProgress()
+    producers = {o: n for n in graph.nodes for o in n.outputs}
+    ctx = RuleContext(graph=graph, settings=settings, producers=producers)
+    res = WalkResult()
+    for info in graph.inputs:
+        res.upper[info.name] = res.estimate[info.name] = 1.0 if info.is_float else 0.0
+    progress.start(len(graph.nodes), "bounding layers")
+    for node in graph.nodes:
+        progress.advance(node.name)
+        var = ctx.var_inputs(node)
+        live = [i for i in var if res.upper.get(node.inputs[i], INF) > 0]
+        try:
+            bound = bound_node(node, ctx)
+        except NoGlobalConstant as exc:
+            if not live:
+                for o in node.outputs:
+                    res.upper[o] = res.estimate[o] = 0.0
+                res.ops.append(OpResult(node.name, node.op_type, 0.0, "does not depend on the float inputs"))
+                continue
+            res.unbounded.append(Unbounded(node.name, node.op_type, str(exc)))
+            res.ops.append(OpResult(node.name, node.op_type, None, str(exc)))
+            for o in node.outputs:
+                res.upper[o] = res.estimate[o] = INF
+            continue
+        missing = [i for i in live if i not in bound.gains]
+        if missing:
+            reason = (
+                f"the output depends on '{node.inputs[missing[0]]}' in a way lipcheck cannot bound "
+                f"({bound.rule})"
+            )
+            res.unbounded.append(Unbounded(node.name, node.op_type, reason))
+            res.ops.append(OpResult(node.name, node.op_type, None, reason))
+            for o in node.outputs:
+                res.upper[o] = res.estimate[o] = INF
+            continue
+        est_gains = bound.estimate_gains or bound.gains
+        up = _combine([bound.gains[i] * res.upper[node.inputs[i]] for i in live], bound.combine)
+        est = _combine([est_gains.get(i, bound.gains[i]) * res.estimate[node.inputs[i]] for i in live], bound.combine)
+        for o in node.outputs:
+            if o:
+                res.upper[o], res.estimate[o] = up, est
+        if bound.norms is not None:
+            n = bound.norms
+            in_name = node.inputs[live[0]] if live else node.inputs[0]
+            res.layers.append(
+                LayerResult(
+                    name=node.name,
+                    op=node.op_type,
+                    param=graph.param_names.get(bound.weight, bound.weight) if bound.weight else None,
+                    fused_with=node.fused_with,
+                    input_shape=tuple(graph.shapes.get(in_name, ())),
+                    output_shape=tuple(graph.shapes.get(node.outputs[0], ())),
+                    sigma_power=n.sigma_power,
+                    power_iterations=n.power_iterations,
+                    sigma_exact=n.sigma_exact,
+                    exact_method=n.exact_method,
+                    exact_skipped=n.exact_skipped,
+                    sigma_upper=n.sigma_upper,
+                    upper_method=n.upper_method,
+                    sigma_reshaped=n.sigma_reshaped,
+                    lipschitz=n.sigma_upper,
+                    cumulative_upper=None if math.isinf(up) else up,
+                    cumulative_estimate=None if math.isinf(est) else est,
+                )
+            )
+        else:
+            gains = [bound.gains[i] for i in var if i in bound.gains]
+            const = max(gains) if gains else 0.0
+            res.ops.append(OpResult(node.name, node.op_type, const, bound.rule, bound.loose))
+    progress.finish()
+    return res

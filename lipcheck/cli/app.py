@@ -1,0 +1,235 @@
+"""The ``lipcheck`` command line: the only place that knows Typer, exit codes, and stdout vs stderr.
+
+Exit codes: 0 a report was produced (an unbounded model included), 2 lipcheck could not run (bad
+arguments, unreadable model, internal error), 130 interrupted. (1 is reserved for a future gate, e.g.
+``--fail-above``.)
+
+Heavy libraries (torch, onnx, onnxruntime, numpy, scipy) are imported inside the command only, so that
+``lipcheck --help`` stays fast; ``tests/cli/test_imports.py`` checks it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Annotated, NoReturn
+
+import typer
+
+from lipcheck import __version__
+from lipcheck.errors import InputShapeError, LipcheckError
+from lipcheck.report.formats import OutputFormat
+
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "app", "main", "parse_input_shapes", "parse_shape"]
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+_EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `lipcheck ... | head`
+
+InputShapes = dict[str, tuple[int, ...]] | tuple[int, ...]
+
+app = typer.Typer(
+    name="lipcheck",
+    help="Certified Lipschitz bounds of neural networks (ONNX models).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+# ------------------------------------------------------------------------------------- input shapes
+
+_SHAPE_EXAMPLE = "e.g. 1,3,32,32 or input=1,3,32,32"
+_DIM_SEPARATOR = re.compile(r"\s*[,x×]\s*")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,32,32"`` (also ``1x3x32x32``, ``[1, 3, 32, 32]``) -> ``(1, 3, 32, 32)``; dims must be > 0."""
+    body = text.strip().strip("()[]").strip().removesuffix(",").strip()  # "(8,)" is a 1-d shape
+    parts = _DIM_SEPARATOR.split(body) if body else []
+    if not parts or not all(part.isdecimal() for part in parts):
+        raise InputShapeError(f"invalid --input-shape {text!r}: expected positive integers, {_SHAPE_EXAMPLE}")
+    dims = tuple(int(part) for part in parts)
+    if any(d <= 0 for d in dims):
+        raise InputShapeError(f"invalid --input-shape {text!r}: every dimension must be positive")
+    return dims
+
+
+def parse_input_shapes(values: Sequence[str]) -> InputShapes | None:
+    """The ``--input-shape`` values: one bare shape (a model with one input) or ``NAME=SHAPE`` for each.
+
+    Returns ``None`` (no values), a shape tuple, or ``{name: shape}``. Raises :class:`InputShapeError`.
+    Whether the names exist in the model is checked by the loader, not here.
+    """
+    if not values:
+        return None
+    if not any("=" in value for value in values):
+        if len(values) > 1:
+            raise InputShapeError(
+                "several --input-shape values: give each as NAME=SHAPE (one per model input), "
+                + _SHAPE_EXAMPLE
+            )
+        return parse_shape(values[0])
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, sep, shape = value.rpartition("=")  # a shape never contains "=", a tensor name might
+        name = name.strip()
+        if not sep or not name:
+            raise InputShapeError(
+                f"invalid --input-shape {value!r}: with several values, each must be NAME=SHAPE, "
+                + _SHAPE_EXAMPLE
+            )
+        if name in shapes:
+            raise InputShapeError(f"--input-shape given twice for input {name!r}")
+        shapes[name] = parse_shape(shape)
+    return shapes
+
+
+# ------------------------------------------------------------------------------------------- output
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """One line on stderr (plain text: messages may contain brackets Rich would read as markup)."""
+    sys.stderr.write(_one_line(message) + "\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def _write_stdout(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): silence the final flush at interpreter exit, exit quietly.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(_EXIT_BROKEN_PIPE) from None
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"lipcheck {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """Certified Lipschitz bounds of neural networks (ONNX models)."""
+
+
+@app.command()
+def analyze(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.onnx).", show_default=False)],
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-shape",
+            "-s",
+            metavar="[NAME=]SHAPE",
+            help="Static input shape, e.g. 1,3,32,32; NAME=SHAPE once per input for several inputs.",
+            show_default=False,
+        ),
+    ] = None,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", "-f", case_sensitive=False, help="Output format, written to stdout."),
+    ] = OutputFormat.TABLE,
+    power_iterations: Annotated[
+        int, typer.Option(min=1, help="Power iterations per layer (the estimate).")
+    ] = 100,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="Tolerance of the exact (Lanczos) solver.")] = 1e-6,
+    seed: Annotated[int, typer.Option(help="Random seed (power iteration starts, lower-bound search).")] = 0,
+    exact_limit: Annotated[
+        int, typer.Option(min=0, help="Largest operator size for which σ exact is computed.")
+    ] = 2_000_000,
+    no_exact: Annotated[bool, typer.Option("--no-exact", help="Skip σ exact for every layer.")] = False,
+    no_lower_bound: Annotated[
+        bool, typer.Option("--no-lower-bound", help="Skip the empirical lower bound.")
+    ] = False,
+    lower_bound_seconds: Annotated[
+        float, typer.Option(min=0.0, help="Time budget of the empirical lower bound, in seconds.")
+    ] = 5.0,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar on stderr (default: only when stderr is a terminal).",
+            show_default=False,
+        ),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Debug logging and full tracebacks.")] = False,
+) -> None:
+    """Compute a certified Lipschitz bound (L2) of MODEL, with per-layer spectral norms."""
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    observer = None
+    try:
+        shapes = parse_input_shapes(input_shape or [])
+        import lipcheck
+
+        if progress is not False:
+            from lipcheck.cli.progress import RichProgress
+
+            observer = RichProgress(force=bool(progress))
+        try:
+            report = lipcheck.analyze(
+                model,
+                input_shape=shapes,
+                power_iterations=power_iterations,
+                tolerance=tolerance,
+                seed=seed,
+                exact_limit=0 if no_exact else exact_limit,
+                lower_bound=not no_lower_bound,
+                lower_bound_seconds=lower_bound_seconds,
+                progress=observer,
+            )
+        finally:
+            if observer is not None:
+                observer.finish()
+        text = output_format.render(report)
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED)
+    except LipcheckError as exc:
+        if debug:
+            traceback.print_exc()
+        _fail(f"error: {exc}")
+    except Exception as exc:  # anything else is a lipcheck bug: one line, the traceback behind --debug
+        if debug:
+            traceback.print_exc()
+            _fail(f"internal error: {type(exc).__name__}: {exc}")
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+
+    if output_format is OutputFormat.TABLE and sys.stdout.isatty():
+        from rich.console import Console
+
+        from lipcheck.report.formats import table_renderables
+
+        console = Console(highlight=False)
+        for renderable in table_renderables(report):
+            console.print(renderable)
+    else:
+        _write_stdout(text)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (``lipcheck``, ``python -m lipcheck``)."""
+    app(args=list(argv) if argv is not None else None, prog_name="lipcheck")

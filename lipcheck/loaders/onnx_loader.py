@@ -1,0 +1,395 @@
+"""ONNX → lipcheck graph IR.
+
+What this does, in order:
+1. read the file (clear errors for missing / not ONNX / truncated / corrupt), external data only from inside
+   the model's folder;
+2. fix the input shapes (``--input-shape`` for dynamic dims) and run ``onnx.shape_inference``;
+3. fold every constant subgraph (initializers, ``Constant`` nodes, W / σ chains of exported spectral norms,
+   ``DequantizeLinear``, ``Shape`` of statically shaped tensors...) with onnx's reference evaluator;
+4. keep the input-dependent nodes, in topological order, with static shapes for every tensor they touch
+   (shape inference first; onnxruntime on a zero input fills what inference could not).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from lipcheck.errors import InputShapeError, InvalidWeightsError, LoadError
+from lipcheck.ir.graph import Graph, Node, TensorInfo
+
+InputShapes = Sequence[int] | Mapping[str, Sequence[int]] | None
+
+# Ops whose output is not a function of their inputs: never folded.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+
+
+def _dtype_name(elem_type: int) -> str:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except Exception:  # noqa: BLE001 - unknown / undefined element type
+        return "unknown"
+
+
+def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX file and its external data; every failure is a one-line :class:`LoadError`."""
+    p = Path(path)
+    if not p.exists():
+        raise LoadError(f"{p}: no such file")
+    if p.is_dir():
+        raise LoadError(f"{p}: is a directory, not a model file")
+    if p.stat().st_size == 0:
+        raise LoadError(f"{p}: file is empty")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise LoadError(f"{p}: not an ONNX model, or the file is truncated or corrupt ({_short(exc)})") from exc
+    if not model.graph.node and not model.graph.initializer and not model.graph.input:
+        raise LoadError(f"{p}: not an ONNX model (no graph found in the file)")
+    _load_external_data(model, p.parent.resolve(), p)
+    return model
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
+
+    for tensor in _all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        location = Path(info.location)
+        target = (base / location).resolve()
+        if location.is_absolute() or (target != base and base not in target.parents):
+            raise LoadError(
+                f"{path}: tensor '{tensor.name}' points to external data '{info.location}' outside the "
+                "model's folder; refusing to read it"
+            )
+        if not target.exists():
+            raise LoadError(f"{path}: external data file '{info.location}' for tensor '{tensor.name}' is missing")
+        try:
+            load_external_data_for_tensor(tensor, str(base))
+        except Exception as exc:
+            raise LoadError(f"{path}: cannot read external data for '{tensor.name}' ({_short(exc)})") from exc
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def _all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    out = list(model.graph.initializer)
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                out.append(attr.t)
+    return out
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+
+
+def _resolve_input_shapes(
+    model: onnx.ModelProto, input_shape: InputShapes
+) -> dict[str, tuple[int, ...]]:
+    init_names = {t.name for t in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in init_names]
+    names = [vi.name for vi in inputs]
+    given: dict[str, tuple[int, ...]] = {}
+    if input_shape is not None:
+        if isinstance(input_shape, Mapping):
+            for name, shape in input_shape.items():
+                if name not in names:
+                    raise InputShapeError(
+                        f"--input-shape names '{name}', but the model's inputs are: {', '.join(names)}"
+                    )
+                given[name] = tuple(int(d) for d in shape)
+        else:
+            shape = tuple(int(d) for d in input_shape)
+            if len(inputs) != 1:
+                raise InputShapeError(
+                    f"the model has {len(inputs)} inputs ({', '.join(names)}): "
+                    "give each as --input-shape NAME=D0,D1,..."
+                )
+            given[names[0]] = shape
+    result: dict[str, tuple[int, ...]] = {}
+    for vi in inputs:
+        dims = _dims(vi)
+        if vi.name in given:
+            shape = given[vi.name]
+            if any(d <= 0 for d in shape):
+                raise InputShapeError(f"--input-shape for '{vi.name}' has a non-positive dimension: {list(shape)}")
+            if dims is not None:
+                if len(dims) != len(shape):
+                    raise InputShapeError(
+                        f"input '{vi.name}' has rank {len(dims)} {dims}, but --input-shape gives {list(shape)}"
+                    )
+                for i, (d, s) in enumerate(zip(dims, shape)):
+                    if isinstance(d, int) and d > 0 and d != s:
+                        raise InputShapeError(
+                            f"input '{vi.name}' has dimension {i} fixed to {d} in the model, "
+                            f"but --input-shape gives {s}"
+                        )
+            result[vi.name] = shape
+            continue
+        if dims is None or any(not isinstance(d, int) or d <= 0 for d in dims):
+            shown = "unknown rank" if dims is None else "[" + ", ".join(str(d) for d in dims) + "]"
+            example = ",".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in (dims or [1]))
+            flag = f"--input-shape {example}" if len(inputs) == 1 else f"--input-shape {vi.name}={example}"
+            raise InputShapeError(f"input '{vi.name}' has dynamic dimensions {shown}: pass {flag}")
+        result[vi.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    return result
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH or a.type == onnx.AttributeProto.GRAPHS:
+            out[a.name] = "<subgraph>"
+            continue
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, list):
+            v = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v]
+        out[a.name] = v
+    return out
+
+
+def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: InputShapes = None) -> Graph:
+    """Load an ONNX model (path or ModelProto) into the IR with static shapes and folded constants."""
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        label = model.graph.name or "<model>"
+    else:
+        model = read_model(source)
+        label = str(source)
+    g = model.graph
+    if not g.node:
+        raise LoadError(f"{label}: the graph is empty (no nodes)")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    shapes_in = _resolve_input_shapes(model, input_shape)
+
+    # 2. fix input shapes, infer the rest
+    for vi in g.input:
+        if vi.name in shapes_in:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for d in shapes_in[vi.name]:
+                dims.add().dim_value = d
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:
+        raise LoadError(f"{label}: shape inference failed ({_short(exc)})") from exc
+    infos: dict[str, onnx.ValueInfoProto] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        infos[vi.name] = vi
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
+    for name, vi in infos.items():
+        if vi.type.HasField("tensor_type"):
+            dtypes[name] = _dtype_name(vi.type.tensor_type.elem_type)
+            dims = _dims(vi)
+            if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
+                shapes[name] = tuple(dims)  # type: ignore[arg-type]
+            elif dims is not None and all(isinstance(d, int) for d in dims) and 0 in dims:
+                shapes[name] = tuple(dims)  # type: ignore[arg-type]
+
+    # 3. constant folding
+    stored: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    const_names = set(stored)
+    origins: dict[str, set[str]] = {n: {n} for n in stored}
+    fold_nodes: list[onnx.NodeProto] = []
+    live_nodes: list[onnx.NodeProto] = []
+    for node in g.node:
+        ins = [i for i in node.input if i]
+        has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            fold_nodes.append(node)
+            for o in node.output:
+                const_names.add(o)
+                origins[o] = {o}
+            continue
+        if (
+            node.op_type in ("Shape", "Size")
+            and node.domain in ("", "ai.onnx")
+            and ins
+            and ins[0] in shapes
+            and ins[0] not in const_names
+        ):
+            fold_nodes.append(_shape_as_constant(node, shapes[ins[0]]))
+            const_names.add(node.output[0])
+            origins[node.output[0]] = set()
+            continue
+        if (
+            all(i in const_names for i in ins)
+            and node.op_type not in _NONDETERMINISTIC
+            and not has_subgraph
+            and node.domain in ("", "ai.onnx")
+        ):
+            fold_nodes.append(node)
+            anc: set[str] = set().union(*(origins.get(i, set()) for i in ins)) if ins else set()
+            for o in node.output:
+                if o:
+                    const_names.add(o)
+                    origins[o] = anc
+            continue
+        live_nodes.append(node)
+
+    if not stored and not any(n.op_type == "Constant" for n in fold_nodes):
+        raise LoadError(f"{label}: the model has no weights (no initializers or Constant nodes): nothing to analyse")
+    graph_inputs = [vi for vi in g.input if vi.name not in stored]
+    needed = {i for n in live_nodes for i in n.input if i and i in const_names}
+    needed |= {o.name for o in g.output if o.name in const_names}
+    constants: dict[str, np.ndarray] = {n: stored[n] for n in needed if n in stored}
+    to_eval = sorted(n for n in needed if n not in stored)
+    if to_eval:
+        constants.update(_evaluate_constants(model, fold_nodes, to_eval, label))
+    sizes: dict[str, int] = {n: int(np.asarray(v).size) for n, v in stored.items()}
+    for node in fold_nodes:
+        if node.op_type == "Constant":
+            for o in node.output:
+                sizes[o] = int(np.asarray(constants.get(o, 0)).size) if o in constants else 1
+    param_names: dict[str, str] = {}
+    for n in needed:
+        anc = origins.get(n, set())
+        if anc:
+            param_names[n] = max(sorted(anc), key=lambda a: sizes.get(a, 0))
+
+    # 4. live nodes
+    nodes: list[Node] = []
+    used: set[str] = set()
+    for idx, node in enumerate(live_nodes):
+        name = node.name or f"{node.op_type}_{idx}"
+        while name in used:
+            name = f"{name}_{idx}"
+        used.add(name)
+        nodes.append(
+            Node(name=name, op_type=node.op_type, inputs=tuple(node.input), outputs=tuple(node.output),
+                 attrs=_attrs(node), domain="" if node.domain == "ai.onnx" else node.domain)
+        )
+    for vi in graph_inputs:
+        shapes[vi.name] = shapes_in[vi.name]
+        dtypes[vi.name] = _dtype_name(vi.type.tensor_type.elem_type)
+    live_tensors = {t for n in live_nodes for t in list(n.input) + list(n.output) if t and t not in const_names}
+    live_tensors |= {o.name for o in g.output if o.name not in const_names}
+    missing = sorted(t for t in live_tensors if t not in shapes or t not in dtypes or dtypes[t] == "unknown")
+    if missing:
+        _shapes_from_onnxruntime(model, shapes_in, missing, shapes, dtypes, label)
+    for n in needed:
+        arr = np.asarray(constants[n])
+        shapes[n] = tuple(arr.shape)
+        dtypes[n] = arr.dtype.name
+    _check_finite(constants, param_names, nodes, label)
+
+    inputs = tuple(TensorInfo(vi.name, shapes[vi.name], dtypes[vi.name]) for vi in graph_inputs)
+    outputs = tuple(TensorInfo(o.name, shapes.get(o.name, ()), dtypes.get(o.name, "unknown")) for o in g.output)
+    return Graph(
+        name=g.name or Path(label).stem,
+        inputs=inputs,
+        outputs=outputs,
+        nodes=tuple(nodes),
+        constants=constants,
+        shapes=shapes,
+        dtypes=dtypes,
+        param_names=param_names,
+        opset=opset,
+        source=label,
+    )
+
+
+def _shape_as_constant(node: onnx.NodeProto, shape: tuple[int, ...]) -> onnx.NodeProto:
+    """Shape/Size of a statically shaped tensor, as a Constant node with the same output."""
+    if node.op_type == "Size":
+        value = np.array(int(np.prod(shape)), dtype=np.int64)
+    else:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rank = len(shape)
+        start = attrs.get("start", 0)
+        end = attrs.get("end", rank)
+        value = np.array(shape, dtype=np.int64)[slice(start, end)]
+    return helper.make_node("Constant", [], [node.output[0]], value=numpy_helper.from_array(value))
+
+
+def _evaluate_constants(
+    model: onnx.ModelProto, fold_nodes: list[onnx.NodeProto], names: list[str], label: str
+) -> dict[str, np.ndarray]:
+    """Evaluate the constant subgraph with onnx's reference evaluator (no hand-written folding)."""
+    from onnx.reference import ReferenceEvaluator
+
+    graph = helper.make_graph(
+        fold_nodes, "constants", [], [onnx.ValueInfoProto(name=n) for n in names], list(model.graph.initializer)
+    )
+    sub = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    try:
+        values = ReferenceEvaluator(sub).run(None, {})
+    except Exception as exc:
+        raise LoadError(f"{label}: could not evaluate the model's constant subgraphs ({_short(exc)})") from exc
+    return {n: np.asarray(v) for n, v in zip(names, values)}
+
+
+def _shapes_from_onnxruntime(
+    model: onnx.ModelProto,
+    shapes_in: dict[str, tuple[int, ...]],
+    names: list[str],
+    shapes: dict[str, tuple[int, ...]],
+    dtypes: dict[str, str],
+    label: str,
+) -> None:
+    """Fill shapes shape inference left open by running onnxruntime once on a zero input."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing:
+            m.graph.output.append(onnx.ValueInfoProto(name=n))
+    feeds = {}
+    for vi in m.graph.input:
+        if vi.name in shapes_in:
+            dt = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+            feeds[vi.name] = np.zeros(shapes_in[vi.name], dtype=dt)
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = sess.run(names, feeds)
+    except Exception as exc:
+        raise LoadError(
+            f"{label}: could not determine the shapes of {', '.join(names[:3])}"
+            f"{'...' if len(names) > 3 else ''} ({_short(exc)})"
+        ) from exc
+    for n, v in zip(names, outs):
+        arr = np.asarray(v)
+        shapes[n] = tuple(arr.shape)
+        dtypes[n] = arr.dtype.name
+
+
+def _check_finite(
+    constants: Mapping[str, np.ndarray], param_names: Mapping[str, str], nodes: list[Node], label: str
+) -> None:
+    for node in nodes:
+        for i in node.inputs:
+            if i in constants:
+                arr = np.asarray(constants[i])
+                if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                    bad = "NaN" if np.isnan(arr).any() else "Inf"
+                    raise InvalidWeightsError(
+                        f"{label}: weight '{param_names.get(i, i)}' used by node {node.name} ({node.op_type}) "
+                        f"contains {bad} values"
+                    )

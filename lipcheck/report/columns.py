@@ -1,0 +1,117 @@
+"""The per-layer columns, defined once and shared by the table and markdown formats (torchinfo style).
+
+Also the one number formatter every format uses (4 significant digits), so that the table, the markdown
+and the summary print the same digits for the same value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+from lipcheck.report.model import LayerResult
+
+__all__ = [
+    "Column",
+    "Footnotes",
+    "format_number",
+    "format_percent",
+    "format_shape",
+    "layer_rows",
+    "op_label",
+]
+
+SIGNIFICANT_DIGITS = 4
+DASH = "—"  # "not applicable" (e.g. σ reshaped of a non-conv)
+UNBOUNDED = "unbounded"
+
+
+def format_number(value: float | None, *, none: str = DASH) -> str:
+    """``value`` with 4 significant digits, trailing zeros kept (``2.000``, ``0.2500``, ``1.235e+05``)."""
+    if value is None:
+        return none
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    text = f"{value:#.{SIGNIFICANT_DIGITS}g}"
+    return text[:-1] if text.endswith(".") else text  # "1234." -> "1234"
+
+
+def format_percent(fraction: float | None, *, none: str = DASH) -> str:
+    """A fraction as a percentage with 4 significant digits (``0.0123`` -> ``1.230%``)."""
+    if fraction is None:
+        return none
+    return format_number(fraction * 100.0) + "%"
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    return "×".join(str(d) for d in shape) if shape else "scalar"
+
+
+def op_label(layer: LayerResult) -> str:
+    """The op, with what was folded into it: ``Conv+BatchNormalization``."""
+    return "+".join((layer.op, *layer.fused_with))
+
+
+@dataclass
+class Footnotes:
+    """Numbered footnotes, one per distinct text, in order of first use."""
+
+    texts: list[str] = field(default_factory=list)
+
+    def mark(self, text: str) -> str:
+        if text not in self.texts:
+            self.texts.append(text)
+        return f"[{self.texts.index(text) + 1}]"
+
+    def lines(self) -> list[str]:
+        return [f"[{i}] {text}" for i, text in enumerate(self.texts, start=1)]
+
+
+def _sigma_exact(layer: LayerResult, notes: Footnotes) -> str:
+    if layer.sigma_exact is None:
+        reason = layer.exact_skipped or "exact computation skipped"
+        return f"skipped {notes.mark(f'σ exact skipped: {reason}')}"
+    return format_number(layer.sigma_exact)
+
+
+def _cumulative(layer: LayerResult, notes: Footnotes) -> str:
+    return format_number(layer.cumulative_upper, none=UNBOUNDED)
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    header: str
+    justify: Literal["left", "right"]
+    cell: Callable[[LayerResult, Footnotes], str]
+
+
+class Column(Enum):
+    """The columns of the per-layer table, in display order."""
+
+    NAME = ColumnSpec("Layer", "left", lambda layer, _: layer.name)
+    OP = ColumnSpec("Op", "left", lambda layer, _: op_label(layer))
+    INPUT_SHAPE = ColumnSpec("Input shape", "left", lambda layer, _: format_shape(layer.input_shape))
+    SIGMA_POWER = ColumnSpec("σ power", "right", lambda layer, _: format_number(layer.sigma_power))
+    SIGMA_EXACT = ColumnSpec("σ exact", "right", _sigma_exact)
+    SIGMA_RESHAPED = ColumnSpec("σ reshaped", "right", lambda layer, _: format_number(layer.sigma_reshaped))
+    SIGMA_UPPER = ColumnSpec("σ upper (certified)", "right", lambda layer, _: format_number(layer.sigma_upper))
+    POWER_GAP = ColumnSpec("Power gap", "right", lambda layer, _: format_percent(layer.power_gap))
+    CUMULATIVE = ColumnSpec("Cumulative bound", "right", _cumulative)
+
+    @property
+    def header(self) -> str:
+        return self.value.header
+
+    @property
+    def justify(self) -> Literal["left", "right"]:
+        return self.value.justify
+
+
+def layer_rows(layers: Sequence[LayerResult], footnotes: Footnotes) -> list[list[str]]:
+    """One row of cells per layer, in :class:`Column` order; skipped reasons go into ``footnotes``."""
+    return [[column.value.cell(layer, footnotes) for column in Column] for layer in layers]

@@ -1,0 +1,312 @@
+"""Output formats: each :class:`OutputFormat` member builds one renderer ``Report -> str``.
+
+- ``table``: the per-layer table and the summary as plain text (Rich box drawing, no colour); the CLI
+  prints the same renderables (:func:`table_renderables`) with colour when stdout is a terminal.
+- ``json``: exactly one JSON object, ``Report.to_dict()``; NaN and ±Inf become ``null``.
+- ``markdown``: a GitHub-flavoured table and summary, for pasting into a pull request.
+
+The per-layer columns are defined once in :mod:`lipcheck.report.columns`; the summary is built once in
+:func:`summarize`; every number goes through :func:`format_number` (4 significant digits).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from lipcheck.report.columns import (
+    UNBOUNDED,
+    Column,
+    Footnotes,
+    format_number,
+    format_percent,
+    format_shape,
+    layer_rows,
+)
+from lipcheck.report.model import Report
+
+__all__ = [
+    "OutputFormat",
+    "Summary",
+    "format_number",
+    "format_percent",
+    "render_json",
+    "render_markdown",
+    "render_table",
+    "summarize",
+    "table_renderables",
+]
+
+Renderer = Callable[[Report], str]
+
+UPPER_LABEL = "Certified upper bound"
+ESTIMATE_LABEL = "Estimate (power iteration, NOT a certificate)"
+LOWER_LABEL = "Empirical lower bound"
+RATIO_LABEL = "Ratio upper/lower"
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+@dataclass(frozen=True)
+class Fact:
+    label: str
+    value: str
+    warning: bool = False  # printed in red on a terminal
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Everything below the per-layer table, format-independent."""
+
+    title: str
+    inputs: str
+    facts: list[Fact]
+    sections: list[tuple[str, list[str]]]  # (title, items); empty sections are omitted
+    footnotes: list[str] = field(default_factory=list)
+    settings: str = ""
+
+
+def _seconds(value: float) -> str:
+    return f"{format_number(value)} s"
+
+
+def _upper_fact(report: Report) -> Fact:
+    if report.upper_bound is None:
+        n = len(report.unbounded)
+        why = f" ({n} node{'s' if n != 1 else ''} without a global Lipschitz constant)" if n else ""
+        return Fact(UPPER_LABEL, UNBOUNDED + why, warning=True)
+    if not report.certified:
+        return Fact(UPPER_LABEL, f"{format_number(report.upper_bound)} (NOT certified)", warning=True)
+    return Fact(UPPER_LABEL, format_number(report.upper_bound))
+
+
+def _lower_fact(report: Report) -> Fact:
+    lb = report.lower_bound
+    if lb is None:
+        why = "disabled" if not report.settings.lower_bound else "not computed"
+        return Fact(LOWER_LABEL, f"none ({why})")
+    if lb.value is None:
+        return Fact(LOWER_LABEL, f"none ({lb.note or 'no finite measurement'})")
+    details = [
+        f"{lb.jacobian_samples} Jacobian samples",
+        f"{lb.ascent_steps} ascent steps",
+        f"{_seconds(lb.seconds)} of a {_seconds(lb.budget_seconds)} budget",
+    ]
+    if not lb.completed:
+        details.append("stopped by the time budget")
+    if lb.evaluator_max_rel_error is not None:
+        details.append(f"evaluator vs onnxruntime max rel. error {format_number(lb.evaluator_max_rel_error)}")
+    if lb.note:
+        details.append(lb.note)
+    return Fact(LOWER_LABEL, f"{format_number(lb.value)} ({'; '.join(details)})")
+
+
+def _ratio_fact(report: Report) -> Fact:
+    ratio = report.ratio
+    if ratio is not None:
+        if ratio < 1:
+            return Fact(
+                RATIO_LABEL,
+                f"{format_number(ratio)} (below 1: a measured ratio exceeds the certified bound; "
+                "this is a lipcheck bug, please report it)",
+                warning=True,
+            )
+        return Fact(RATIO_LABEL, format_number(ratio))
+    if report.upper_bound is None:
+        why = "the upper bound is unbounded"
+    elif report.lower_bound is None or report.lower_bound.value is None:
+        why = "no lower bound"
+    else:
+        why = "the lower bound is 0"
+    return Fact(RATIO_LABEL, f"n/a ({why})")
+
+
+def summarize(report: Report, footnotes: Footnotes | None = None) -> Summary:
+    """The summary shared by the table and markdown formats."""
+    unbounded_names = {u.node for u in report.unbounded}
+    unbounded = [f"{u.node} ({u.op}): {u.reason}" for u in report.unbounded]
+    constants = []
+    for op in report.ops:
+        if op.constant is None:
+            if op.name in unbounded_names:
+                continue
+            value = UNBOUNDED
+        elif op.constant == 1:
+            continue
+        else:
+            value = format_number(op.constant)
+        loose = " (finite but loose)" if op.loose else ""
+        constants.append(f"{op.name} ({op.op}): {value}{loose} — {op.rule}")
+    s = report.settings
+    settings = (
+        f"power iterations {s.power_iterations}, tolerance {s.tolerance:g}, seed {s.seed}, "
+        f"exact limit {s.exact_limit}, lower bound "
+        + (f"{_seconds(s.lower_bound_seconds)} budget" if s.lower_bound else "off")
+    )
+    inputs = ", ".join(f"{i.name} {format_shape(i.shape)} {i.dtype}" for i in report.inputs) or "none"
+    version = f"lipcheck {report.lipcheck_version}".rstrip()
+    return Summary(
+        title=f"{version}: {report.model}",
+        inputs=inputs,
+        facts=[
+            _upper_fact(report),
+            Fact(ESTIMATE_LABEL, format_number(report.estimate, none=UNBOUNDED)),
+            _lower_fact(report),
+            _ratio_fact(report),
+        ],
+        sections=[
+            (title, items)
+            for title, items in (
+                ("Unbounded nodes", unbounded),
+                ("Other ops with a constant other than 1", constants),
+                ("Notes", list(report.notes)),
+            )
+            if items
+        ],
+        footnotes=footnotes.lines() if footnotes else [],
+        settings=settings,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- table
+
+
+def table_renderables(report: Report) -> list[RenderableType]:
+    """The table format as Rich renderables (styled); :func:`render_table` captures them as text."""
+    footnotes = Footnotes()
+    rows = layer_rows(report.layers, footnotes)
+    summary = summarize(report, footnotes)
+
+    out: list[RenderableType] = [Text(summary.title, style="bold"), Text(f"Input: {summary.inputs}")]
+    if rows:
+        table = Table(box=box.SQUARE, header_style="bold", show_edge=True)
+        for column in Column:
+            table.add_column(column.header, justify=column.justify, no_wrap=column.justify == "right")
+        for row in rows:
+            table.add_row(*row)
+        out.append(table)
+    else:
+        out.append(Text("No weighted (linear) layers."))
+    out.extend(Text(line, style="dim") for line in summary.footnotes)
+
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    for fact in summary.facts:
+        facts.add_row(fact.label, Text(fact.value, style="red" if fact.warning else ""))
+    out.extend([Text(""), facts])
+    for title, items in summary.sections:
+        out.append(Text(f"\n{title}:", style="bold"))
+        out.extend(Text(f"  - {item}") for item in items)
+    out.append(Text(f"\nSettings: {summary.settings}", style="dim"))
+    return out
+
+
+def render_table(report: Report) -> str:
+    """Plain text (no colour), as wide as the table needs (at least 100 columns)."""
+    renderables = table_renderables(report)
+    probe = Console(width=10_000, color_system=None)
+    width = max([100] + [probe.measure(r).maximum for r in renderables if isinstance(r, Table)])
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        color_system=None,
+        force_terminal=False,
+        force_jupyter=False,
+        legacy_windows=False,
+        emoji=False,
+        highlight=False,
+    )
+    for renderable in renderables:
+        console.print(renderable)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip().splitlines()) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ json
+
+
+def _finite(obj: Any) -> Any:
+    """Replace NaN and ±Inf by None, recursively (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(value) for value in obj]
+    return obj
+
+
+def render_json(report: Report) -> str:
+    """Exactly one JSON object: ``Report.to_dict()`` (schema_version 1) with NaN/Inf as null."""
+    return json.dumps(_finite(report.to_dict()), indent=2, allow_nan=False) + "\n"
+
+
+# -------------------------------------------------------------------------------------------- markdown
+
+
+def _md(text: str) -> str:
+    """Make text safe inside a GitHub table cell or list item."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: Report) -> str:
+    """A GitHub-flavoured markdown table and summary."""
+    footnotes = Footnotes()
+    rows = layer_rows(report.layers, footnotes)
+    summary = summarize(report, footnotes)
+
+    lines = [f"### {_md(summary.title)}", "", f"Input: {_md(summary.inputs)}", ""]
+    if rows:
+        lines.append("| " + " | ".join(column.header for column in Column) + " |")
+        lines.append("|" + "|".join(":---" if c.justify == "left" else "---:" for c in Column) + "|")
+        lines.extend("| " + " | ".join(_md(cell) for cell in row) + " |" for row in rows)
+    else:
+        lines.append("No weighted (linear) layers.")
+    lines.append("")
+    if summary.footnotes:
+        lines.extend(f"{_md(line)}  " for line in summary.footnotes)
+        lines.append("")
+    for fact in summary.facts:
+        value = f"**{_md(fact.value)}**" if fact.label == UPPER_LABEL else _md(fact.value)
+        lines.append(f"- {fact.label}: {value}")
+    for title, items in summary.sections:
+        lines.extend(["", f"**{title}**", ""])
+        lines.extend(f"- {_md(item)}" for item in items)
+    lines.extend(["", f"<sub>Settings: {_md(summary.settings)}</sub>"])
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- formats
+
+
+class OutputFormat(str, Enum):
+    """``--format``: each member builds its renderer."""
+
+    TABLE = "table"
+    JSON = "json"
+    MARKDOWN = "markdown"
+
+    def renderer(self) -> Renderer:
+        return _RENDERERS[self]
+
+    def render(self, report: Report) -> str:
+        return self.renderer()(report)
+
+
+_RENDERERS: dict[OutputFormat, Renderer] = {
+    OutputFormat.TABLE: render_table,
+    OutputFormat.JSON: render_json,
+    OutputFormat.MARKDOWN: render_markdown,
+}
