@@ -201,8 +201,8 @@ def conv(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
 
 def conv_transpose(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
     """ONNX ConvTranspose: the unpadded transposed conv, then output_padding (zeros at the end), then the pads
-    are cropped, then the bias. With ``output_shape`` (or auto_pad SAME_*) the total padding is split like
-    onnxruntime does: the odd element goes to the head for SAME_UPPER, to the tail otherwise."""
+    are cropped, then the bias. With ``output_shape`` (or auto_pad SAME_*) the total padding is split as the
+    spec and onnxruntime do: the odd element is cropped at the end for SAME_UPPER, at the start otherwise."""
     X, W, B = _req(x, 0), _req(x, 1), _opt(x, 2)
     n = X.dim() - 2
     in_sp = list(X.shape[2:])
@@ -219,7 +219,7 @@ def conv_transpose(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tens
         begins, ends = [], []
         for f, o, t in zip(full, op, target):
             total = max(0, f + o - t)
-            head = total - total // 2 if auto_pad == "SAME_UPPER" else total // 2
+            head = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
             begins.append(head)
             ends.append(total - head)
     elif auto_pad == "VALID":
@@ -1012,11 +1012,11 @@ def unsupported_nodes(graph: Graph) -> list[Node]:
 def _constant_tensor(value: Any, dtype: torch.dtype) -> Tensor:
     arr = np.asarray(value)
     if arr.dtype.kind == "f" or arr.dtype.kind == "c":
-        return torch.as_tensor(np.ascontiguousarray(arr.real if arr.dtype.kind == "c" else arr)).to(dtype)
+        return torch.tensor(arr.real if arr.dtype.kind == "c" else arr, dtype=dtype)
     if arr.dtype.kind == "b":
-        return torch.as_tensor(np.ascontiguousarray(arr))
+        return torch.tensor(arr, dtype=torch.bool)
     if arr.dtype.kind in "iu":
-        return torch.as_tensor(np.ascontiguousarray(arr.astype(np.int64)))
+        return torch.tensor(arr.astype(np.int64), dtype=torch.int64)
     raise TypeError(f"constants of dtype {arr.dtype} are not supported")
 
 

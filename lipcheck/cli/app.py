@@ -130,7 +130,9 @@ def _version_callback(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Certified Lipschitz bounds of neural networks (ONNX models)."""
@@ -156,7 +158,9 @@ def analyze(
     power_iterations: Annotated[
         int, typer.Option(min=1, help="Power iterations per layer (the estimate).")
     ] = 100,
-    tolerance: Annotated[float, typer.Option(min=0.0, help="Tolerance of the exact (Lanczos) solver.")] = 1e-6,
+    tolerance: Annotated[
+        float, typer.Option(min=0.0, help="Tolerance of the exact (Lanczos) solver.")
+    ] = 1e-6,
     seed: Annotated[int, typer.Option(help="Random seed (power iteration starts, lower-bound search).")] = 0,
     exact_limit: Annotated[
         int, typer.Option(min=0, help="Largest operator size for which σ exact is computed.")
@@ -180,7 +184,9 @@ def analyze(
 ) -> None:
     """Compute a certified Lipschitz bound (L2) of MODEL, with per-layer spectral norms."""
     if debug:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        )
     observer = None
     try:
         shapes = parse_input_shapes(input_shape or [])
@@ -221,11 +227,9 @@ def analyze(
     if output_format is OutputFormat.TABLE and sys.stdout.isatty():
         from rich.console import Console
 
-        from lipcheck.report.formats import table_renderables
+        from lipcheck.report.formats import print_table
 
-        console = Console(highlight=False)
-        for renderable in table_renderables(report):
-            console.print(renderable)
+        print_table(report, Console(highlight=False))  # styled; wider than the terminal rather than squeezed
     else:
         _write_stdout(text)
 

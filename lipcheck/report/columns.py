@@ -99,7 +99,9 @@ class Column(Enum):
     SIGMA_POWER = ColumnSpec("σ power", "right", lambda layer, _: format_number(layer.sigma_power))
     SIGMA_EXACT = ColumnSpec("σ exact", "right", _sigma_exact)
     SIGMA_RESHAPED = ColumnSpec("σ reshaped", "right", lambda layer, _: format_number(layer.sigma_reshaped))
-    SIGMA_UPPER = ColumnSpec("σ upper (certified)", "right", lambda layer, _: format_number(layer.sigma_upper))
+    SIGMA_UPPER = ColumnSpec(
+        "σ upper (certified)", "right", lambda layer, _: format_number(layer.sigma_upper)
+    )
     POWER_GAP = ColumnSpec("Power gap", "right", lambda layer, _: format_percent(layer.power_gap))
     CUMULATIVE = ColumnSpec("Cumulative bound", "right", _cumulative)
 

@@ -37,6 +37,7 @@ from lipcheck.report.model import Report
 
 __all__ = [
     "OutputFormat",
+    "print_table",
     "Summary",
     "format_number",
     "format_percent",
@@ -200,12 +201,14 @@ def table_renderables(report: Report) -> list[RenderableType]:
         out.append(Text("No weighted (linear) layers."))
     out.extend(Text(line, style="dim") for line in summary.footnotes)
 
-    facts = Table.grid(padding=(0, 2))
-    facts.add_column(style="bold")
-    facts.add_column()
+    out.append(Text(""))
+    label_width = max(len(fact.label) for fact in summary.facts) + 2
     for fact in summary.facts:
-        facts.add_row(fact.label, Text(fact.value, style="red" if fact.warning else ""))
-    out.extend([Text(""), facts])
+        out.append(
+            Text.assemble(
+                (fact.label.ljust(label_width), "bold"), (fact.value, "bold red" if fact.warning else "")
+            )
+        )
     for title, items in summary.sections:
         out.append(Text(f"\n{title}:", style="bold"))
         out.extend(Text(f"  - {item}") for item in items)
@@ -213,15 +216,23 @@ def table_renderables(report: Report) -> list[RenderableType]:
     return out
 
 
+def print_table(report: Report, console: Console) -> None:
+    """Print the table format on ``console``, widened if needed so that no column is squeezed."""
+    renderables = table_renderables(report)
+    tables = [r for r in renderables if isinstance(r, Table)]
+    needed = max((console.measure(t, options=console.options.update_width(10_000)).maximum for t in tables),
+                 default=0)
+    console.width = max(console.width, needed)
+    for renderable in renderables:  # text lines are not wrapped: one fact per line, greppable
+        console.print(renderable, soft_wrap=isinstance(renderable, Text))
+
+
 def render_table(report: Report) -> str:
     """Plain text (no colour), as wide as the table needs (at least 100 columns)."""
-    renderables = table_renderables(report)
-    probe = Console(width=10_000, color_system=None)
-    width = max([100] + [probe.measure(r).maximum for r in renderables if isinstance(r, Table)])
     buffer = io.StringIO()
     console = Console(
         file=buffer,
-        width=width,
+        width=100,
         color_system=None,
         force_terminal=False,
         force_jupyter=False,
@@ -229,8 +240,7 @@ def render_table(report: Report) -> str:
         emoji=False,
         highlight=False,
     )
-    for renderable in renderables:
-        console.print(renderable)
+    print_table(report, console)
     return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip().splitlines()) + "\n"
 
 
