@@ -5,9 +5,9 @@ model the loaders produce; this module runs a :class:`~lipcheck.ir.graph.Graph` 
 autograd (``torch.func.jvp`` / ``vjp``) works on it.
 
 - Float inputs are passed positionally in the order of ``graph.float_inputs``.
-- Integer / bool inputs of the graph are held FIXED at zeros (index 0 is valid for any Gather / Embedding) unless
-  the caller passes other values in ``fixed_inputs``. A Lipschitz constant is then the one of the function of the
-  float inputs with the integer inputs held at those values.
+- Integer / bool inputs of the graph are held FIXED at zeros (index 0 is valid for any Gather / Embedding)
+  unless the caller passes other values in ``fixed_inputs``. A Lipschitz constant is then the one of the
+  function of the float inputs with the integer inputs held at those values.
 - Every float tensor is computed in ``dtype`` (float64 by default): float constants are cast once, at
   construction; ``Cast`` to a float type (float16, bfloat16, float32, double) keeps ``dtype`` (no rounding to
   the narrower type). Integer constants become int64, bool constants bool.
@@ -25,18 +25,16 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 
 from lipcheck.errors import LipcheckError
-from lipcheck.ir.graph import Graph, Node
+from lipcheck.ir.graph import Graph, Node, TensorInfo
 
 Tensor = torch.Tensor
-OpOutput = Union[Tensor, tuple[Tensor, ...]]
-OpFn = Callable[[Node, list[Union[Tensor, None]], "EvalContext"], OpOutput]
 
 __all__ = [
     "LIMITS",
@@ -44,6 +42,7 @@ __all__ = [
     "EvaluationError",
     "TorchEvaluator",
     "UnsupportedOpError",
+    "is_float_info",
     "supported_ops",
     "unsupported_nodes",
     "unsupported_reason",
@@ -57,7 +56,8 @@ class UnsupportedOpError(LipcheckError):
         self.node = node
         self.reason = reason
         super().__init__(
-            f"node {node.label}{f' (opset {opset})' if opset else ''}: {reason}; the torch evaluator supports "
+            f"node {node.label}{f' (opset {opset})' if opset else ''}: {reason}; "
+            "the torch evaluator supports "
             f"{len(OPS)} ONNX ops (lipcheck.bound.torch_eval.supported_ops())"
         )
 
@@ -72,7 +72,7 @@ class EvaluationError(LipcheckError):
 
 @dataclass(frozen=True)
 class EvalContext:
-    """What an op function may read besides its inputs: the graph (static shapes, opset) and the float dtype."""
+    """What an op function may read besides its inputs: the graph (static shapes, opset), the float dtype."""
 
     graph: Graph
     dtype: torch.dtype
@@ -82,7 +82,11 @@ class EvalContext:
         return self.graph.opset
 
 
-# --------------------------------------------------------------------------------------------------------------
+OpOutput = Tensor | tuple[Tensor, ...]
+OpFn = Callable[[Node, list[Tensor | None], EvalContext], OpOutput]
+
+
+# ----------------------------------------------------------------------------------------------------
 # helpers
 
 
@@ -129,12 +133,13 @@ def _axis(axis: int, rank: int) -> int:
 def _torch_pad(begins: Sequence[int], ends: Sequence[int]) -> list[int]:
     """ONNX-style per-dim (begins, ends) -> F.pad's list, which starts at the LAST dim."""
     out: list[int] = []
-    for b, e in zip(reversed(begins), reversed(ends)):
+    for b, e in zip(reversed(begins), reversed(ends), strict=True):
         out += [int(b), int(e)]
     return out
 
 
-def _pad_dims(t: Tensor, first_dim: int, begins: Sequence[int], ends: Sequence[int], value: float = 0.0) -> Tensor:
+def _pad_dims(t: Tensor, first_dim: int, begins: Sequence[int], ends: Sequence[int],
+              value: float = 0.0) -> Tensor:
     """Constant-pad dims first_dim.. (negative values crop)."""
     if not any(begins) and not any(ends):
         return t
@@ -147,9 +152,10 @@ def _split_pads(pads: Sequence[int], n: int) -> tuple[list[int], list[int]]:
 
 def _same_pads(auto_pad: str, in_sp: Sequence[int], k: Sequence[int], s: Sequence[int],
                d: Sequence[int]) -> tuple[list[int], list[int]]:
-    """auto_pad SAME_UPPER / SAME_LOWER: output = ceil(in / stride), extra padding at the end (UPPER) or start."""
+    """auto_pad SAME_UPPER / SAME_LOWER: output = ceil(in / stride); the odd padding element goes at the end
+    (UPPER) or at the start (LOWER)."""
     begins, ends = [], []
-    for i, ki, si, di in zip(in_sp, k, s, d):
+    for i, ki, si, di in zip(in_sp, k, s, d, strict=True):
         out = -(-i // si)
         total = max(0, (out - 1) * si + (ki - 1) * di + 1 - i)
         small, large = total // 2, total - total // 2
@@ -180,7 +186,7 @@ def _bcast_along(w: np.ndarray, axis: int, rank: int, like: Tensor) -> Tensor:
     return torch.as_tensor(w, dtype=like.dtype, device=like.device).reshape(shape)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # linear layers and normalizations
 
 
@@ -212,12 +218,12 @@ def conv_transpose(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tens
     op = _attr_ints(node, "output_padding", [0] * n) or [0] * n
     group = int(node.attr("group", 1))
     auto_pad = _attr_str(node, "auto_pad", "NOTSET")
-    full = [si * (i - 1) + (ki - 1) * di + 1 for i, ki, si, di in zip(in_sp, k, s, d)]
+    full = [si * (i - 1) + (ki - 1) * di + 1 for i, ki, si, di in zip(in_sp, k, s, d, strict=True)]
     out_shape = _attr_ints(node, "output_shape")
     if out_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        target = out_shape[-n:] if out_shape else [i * si for i, si in zip(in_sp, s)]
+        target = out_shape[-n:] if out_shape else [i * si for i, si in zip(in_sp, s, strict=True)]
         begins, ends = [], []
-        for f, o, t in zip(full, op, target):
+        for f, o, t in zip(full, op, target, strict=True):
             total = max(0, f + o - t)
             head = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
             begins.append(head)
@@ -228,7 +234,7 @@ def conv_transpose(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tens
         begins, ends = _split_pads(_attr_ints(node, "pads", [0] * (2 * n)) or [0] * (2 * n), n)
     fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
     y = fn(X, W, None, s, 0, 0, group, d)  # type: ignore[operator]
-    y = _pad_dims(y, 2, [-b for b in begins], [o - e for o, e in zip(op, ends)])
+    y = _pad_dims(y, 2, [-b for b in begins], [o - e for o, e in zip(op, ends, strict=True)])
     if B is not None:
         y = y + B.reshape([1, -1] + [1] * n)
     return y
@@ -240,9 +246,10 @@ def gemm(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
         A = A.transpose(0, 1)
     if int(node.attr("transB", 0)):
         Bm = Bm.transpose(0, 1)
-    y = float(node.attr("alpha", 1.0)) * (A @ Bm)
+    alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
+    y = A @ Bm if alpha == 1.0 else alpha * (A @ Bm)
     if C is not None:
-        y = y + float(node.attr("beta", 1.0)) * C
+        y = y + (C if beta == 1.0 else beta * C)
     return y
 
 
@@ -308,7 +315,7 @@ def lp_normalization(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Te
     return X / torch.linalg.vector_norm(X, ord=p, dim=int(node.attr("axis", -1)), keepdim=True)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # element-wise
 
 
@@ -421,7 +428,7 @@ def einsum(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
     return torch.einsum(_attr_str(node, "equation", "").replace(" ", ""), *[t for t in x if t is not None])
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # pooling
 
 
@@ -465,7 +472,7 @@ def _window_sum(t: Tensor, k: Sequence[int], s: Sequence[int], d: Sequence[int])
     n = t.dim() - 2
     if all(di == 1 for di in d):
         fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[n - 1]
-        return fn(t, k, s, 0) * float(np.prod(k))  # type: ignore[operator]
+        return fn(t, list(k), list(s), 0) * float(np.prod(k))  # type: ignore[operator]
     N, C = t.shape[0], t.shape[1]
     ones = torch.ones([1, 1, *k], dtype=t.dtype, device=t.device)
     conv_fn = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
@@ -484,7 +491,7 @@ def average_pool(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor
     mask = torch.ones([1, 1, *X.shape[2:]], dtype=X.dtype, device=X.device)
     include = float(int(node.attr("count_include_pad", 0)))
     mask = _pad_dims(mask, 2, begins, ends, value=include)
-    mask = _pad_dims(mask, 2, [0] * n, [nd - e for nd, e in zip(needed, ends)], value=0.0)
+    mask = _pad_dims(mask, 2, [0] * n, [nd - e for nd, e in zip(needed, ends, strict=True)], value=0.0)
     counts = _window_sum(mask, k, s, d)
     return sums / counts
 
@@ -499,7 +506,7 @@ def global_max_pool(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Ten
     return X.amax(tuple(range(2, X.dim())), keepdim=True)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # structural
 
 
@@ -569,7 +576,10 @@ def _axes_from(node: Node, x: list[Tensor | None], i: int) -> list[int] | None:
 def squeeze(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
     X = _req(x, 0)
     axes = _axes_from(node, x, 1)
-    drop = {_axis(a, X.dim()) for a in axes} if axes is not None else {i for i, v in enumerate(X.shape) if v == 1}
+    if axes is None:
+        drop = {i for i, v in enumerate(X.shape) if v == 1}
+    else:
+        drop = {_axis(a, X.dim()) for a in axes}
     return X.reshape([v for i, v in enumerate(X.shape) if i not in drop])
 
 
@@ -609,7 +619,7 @@ def slice_(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
         starts, ends = _attr_ints(node, "starts") or [], _attr_ints(node, "ends") or []
         axes = _attr_ints(node, "axes") or list(range(len(starts)))
         steps = [1] * len(starts)
-    for start, end, axis, step in zip(starts, ends, axes, steps):
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=False):
         axis = _axis(axis, X.dim())
         dim = X.shape[axis]
         start = start + dim if start < 0 else start
@@ -705,14 +715,15 @@ def cum_sum(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
     return y.flip(axis) if int(node.attr("reverse", 0)) else y
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Resize / Upsample: separable, one axis at a time, with onnxruntime's float32 coordinate arithmetic
 
 _F32 = np.float32
 
 
 def _source_coords(ctm: str, out_len: int, in_len: int, scale: float) -> np.ndarray:
-    """x_original for every output index, per ``coordinate_transformation_mode`` (float32 like onnxruntime)."""
+    """x_original for every output index, per ``coordinate_transformation_mode`` (in float32, like
+    onnxruntime)."""
     xr = np.arange(out_len, dtype=_F32)
     sc = _F32(scale)
     if ctm == "asymmetric":
@@ -817,7 +828,7 @@ def resize(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
     return X
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # reductions
 
 
@@ -871,7 +882,7 @@ _REDUCE_FNS: dict[str, Callable[[Tensor, tuple[int, ...], bool], Tensor]] = {
 }
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # THE TABLE: every op the evaluator runs (domain "" / ai.onnx). Keep it on one screen.
 
 OPS: dict[str, OpFn] = {
@@ -922,7 +933,7 @@ OPS: dict[str, OpFn] = {
 }
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # attribute values the ops above do not implement: op -> check(node, graph) -> reason or None
 
 
@@ -1001,12 +1012,22 @@ def unsupported_reason(node: Node, graph: Graph) -> str | None:
 
 
 def unsupported_nodes(graph: Graph) -> list[Node]:
-    """The nodes of ``graph`` the evaluator cannot run (unknown op or domain, unsupported attribute values)."""
+    """The nodes of ``graph`` the evaluator cannot run (unknown op or domain, unsupported attributes)."""
     return [n for n in graph.nodes if unsupported_reason(n, graph) is not None]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # the evaluator
+
+
+def is_float_info(info: TensorInfo) -> bool:
+    """A float tensor (float16/32/64, bfloat16); False for an unknown dtype instead of raising."""
+    if info.dtype == "bfloat16":
+        return True
+    try:
+        return info.is_float
+    except TypeError:
+        return False
 
 
 def _constant_tensor(value: Any, dtype: torch.dtype) -> Tensor:
@@ -1023,10 +1044,10 @@ def _constant_tensor(value: Any, dtype: torch.dtype) -> Tensor:
 class TorchEvaluator:
     """Runs a :class:`Graph` with torch ops (ONNX semantics); differentiable w.r.t. the float inputs.
 
-    ``evaluator(*float_inputs)`` returns the graph outputs (in ``graph.outputs`` order) as tensors in ``dtype``
-    (integer / bool outputs keep their integer / bool type). Integer and bool graph inputs are held fixed:
-    zeros unless ``fixed_inputs`` gives their values. Raises :class:`UnsupportedOpError` (naming the node) if
-    the graph has a node :func:`unsupported_nodes` lists, :class:`EvaluationError` if a node fails.
+    ``evaluator(*float_inputs)`` returns the graph outputs (in ``graph.outputs`` order) as tensors in
+    ``dtype`` (integer / bool outputs keep their integer / bool type). Integer and bool graph inputs are held
+    fixed: zeros unless ``fixed_inputs`` gives their values. Raises :class:`UnsupportedOpError` (naming the
+    node) if the graph has a node :func:`unsupported_nodes` lists, :class:`EvaluationError` if a node fails.
     """
 
     def __init__(self, graph: Graph, dtype: torch.dtype = torch.float64,
@@ -1036,25 +1057,33 @@ class TorchEvaluator:
         self.ctx = EvalContext(graph, dtype)
         self._constants: dict[str, Tensor] = {}
         used = {i for n in graph.nodes for i in n.inputs if i} | {o.name for o in graph.outputs}
-        for name, value in graph.constants.items():
+        for name, const in graph.constants.items():
             if name in used:
                 try:
-                    self._constants[name] = _constant_tensor(value, dtype)
+                    self._constants[name] = _constant_tensor(const, dtype)
                 except TypeError:
                     pass  # e.g. string constants; a node reading one fails with a clear KeyError message
-        self.float_inputs = graph.float_inputs
+        self.float_inputs = tuple(i for i in graph.inputs if is_float_info(i))
         fixed = dict(fixed_inputs or {})
         self._fixed: dict[str, Tensor] = {}
         for info in graph.inputs:
-            if info.is_float:
+            if is_float_info(info):
                 continue
-            value = fixed.get(info.name)
+            value: np.ndarray | None = fixed.get(info.name)
             if value is None:
-                value = np.zeros(info.shape, dtype=np.dtype(info.dtype) if info.dtype != "unknown" else np.int64)
+                try:
+                    dt = np.dtype(info.dtype)
+                except TypeError:
+                    dt = np.dtype(np.int64)
+                value = np.zeros(info.shape, dtype=dt)
             self._fixed[info.name] = _constant_tensor(value, dtype)
         self.unsupported: list[tuple[Node, str]] = [
             (n, r) for n in graph.nodes if (r := unsupported_reason(n, graph)) is not None
         ]
+
+    def fixed_input_values(self) -> dict[str, np.ndarray]:
+        """The values the integer / bool inputs are held at."""
+        return {name: t.numpy().copy() for name, t in self._fixed.items()}
 
     def __call__(self, *float_inputs: Tensor) -> list[Tensor]:
         g = self.graph
@@ -1066,9 +1095,10 @@ class TorchEvaluator:
                              f"({', '.join(i.name for i in self.float_inputs)}), got {len(float_inputs)}")
         env: dict[str, Tensor] = dict(self._constants)
         env.update(self._fixed)
-        for info, t in zip(self.float_inputs, float_inputs):
+        for info, t in zip(self.float_inputs, float_inputs, strict=True):
             if tuple(t.shape) != tuple(info.shape):
-                raise ValueError(f"input {info.name!r}: expected shape {list(info.shape)}, got {list(t.shape)}")
+                raise ValueError(
+                    f"input {info.name!r}: expected shape {list(info.shape)}, got {list(t.shape)}")
             env[info.name] = t if t.dtype == self.dtype else t.to(self.dtype)
         for node in g.nodes:
             try:

@@ -340,7 +340,16 @@ def _evaluate_constants(
     try:
         values = ReferenceEvaluator(sub).run(None, {})
     except Exception as exc:
-        raise LoadError(f"{label}: could not evaluate the model's constant subgraphs ({_short(exc)})") from exc
+        # the reference evaluator lacks some older op versions (e.g. DequantizeLinear < 19): onnxruntime
+        try:
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+            values = sess.run(names, {})
+        except Exception as exc2:  # noqa: BLE001
+            raise LoadError(
+                f"{label}: could not evaluate the model's constant subgraphs ({_short(exc)}; {_short(exc2)})"
+            ) from exc
     return {n: np.asarray(v) for n, v in zip(names, values)}
 
 

@@ -79,6 +79,16 @@ def _sigma_exact(layer: LayerResult, notes: Footnotes) -> str:
     return format_number(layer.sigma_exact)
 
 
+ROUNDING_NOISE = 1e-10  # relative power gaps this small are float64 rounding, printed as 0
+
+
+def _power_gap(layer: LayerResult, notes: Footnotes) -> str:
+    gap = layer.power_gap
+    if gap is not None and abs(gap) < ROUNDING_NOISE:
+        gap = 0.0
+    return format_percent(gap)
+
+
 def _cumulative(layer: LayerResult, notes: Footnotes) -> str:
     return format_number(layer.cumulative_upper, none=UNBOUNDED)
 
@@ -102,7 +112,7 @@ class Column(Enum):
     SIGMA_UPPER = ColumnSpec(
         "σ upper (certified)", "right", lambda layer, _: format_number(layer.sigma_upper)
     )
-    POWER_GAP = ColumnSpec("Power gap", "right", lambda layer, _: format_percent(layer.power_gap))
+    POWER_GAP = ColumnSpec("Power gap", "right", _power_gap)
     CUMULATIVE = ColumnSpec("Cumulative bound", "right", _cumulative)
 
     @property

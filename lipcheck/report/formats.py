@@ -195,7 +195,7 @@ def table_renderables(report: Report) -> list[RenderableType]:
         for column in Column:
             table.add_column(column.header, justify=column.justify, no_wrap=column.justify == "right")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))  # Text: names are not Rich markup
         out.append(table)
     else:
         out.append(Text("No weighted (linear) layers."))
