@@ -258,30 +258,27 @@ def _ascend(f: _Flat, x0: torch.Tensor, d0: torch.Tensor, steps: int, clock: _Cl
     return best, best_x, best_d, done
 
 
-def _check_reference(graph: Graph, f: _Flat, x: np.ndarray, reference: Reference) -> float:
-    """Max over float outputs of max|ours - ref| / max|ref| on one input (NaN if ours is not finite)."""
-    feeds: list[np.ndarray] = []
-    parts = iter(np.split(x, np.cumsum(f.sizes)[:-1]))
-    for info in graph.inputs:
-        if _is_float(info):
-            feeds.append(next(parts).reshape(info.shape).astype(_np_dtype(info.dtype)))
-        else:
-            feeds.append(f.evaluator.fixed_input_values()[info.name].astype(_np_dtype(info.dtype)))
+def _check_reference(f: _Flat, x: np.ndarray, reference: Reference) -> float:
+    """Max over float outputs of max|ours - ref| / max|ref| on one input. Non-finite values must match
+    exactly (NaN where the reference has NaN, same infinities); otherwise the error is inf."""
+    parts = np.split(x, np.cumsum(f.sizes)[:-1])
+    feeds = [part.reshape(info.shape).astype(_np_dtype(info.dtype))
+             for part, info in zip(parts, f.evaluator.float_inputs, strict=True)]
     expected = reference(feeds)
-    float_feeds = [a.reshape(-1).astype(np.float64) for a, i in zip(feeds, graph.inputs, strict=True)
-                   if _is_float(i)]
     with torch.no_grad():
-        got = f.evaluator(*f.split(torch.from_numpy(np.concatenate(float_feeds))))
+        got = f.evaluator(*[torch.from_numpy(a.astype(np.float64)) for a in feeds])
     worst = 0.0
     for k in f.out_index:
         ours = got[k].detach().to(torch.float64).numpy()
         ref = np.asarray(expected[k], dtype=np.float64)
         if ours.shape != ref.shape:
             return math.inf
-        if not np.all(np.isfinite(ours)):
-            return math.nan
-        scale = float(np.abs(ref).max(initial=0.0))
-        diff = float(np.abs(ours - ref).max(initial=0.0))
+        finite = np.isfinite(ref)
+        if not np.array_equal(np.isfinite(ours), finite) or not np.array_equal(ours[~finite], ref[~finite],
+                                                                               equal_nan=True):
+            return math.inf
+        scale = float(np.abs(ref[finite]).max(initial=0.0))
+        diff = float(np.abs(ours[finite] - ref[finite]).max(initial=0.0))
         if diff > 0:
             worst = max(worst, diff / scale if scale > 0 else math.inf)
     return worst
@@ -310,8 +307,9 @@ def empirical_lower_bound(
 
     ``value`` is None when there is nothing sound to report: the evaluator cannot run a node, disagrees
     with ``reference`` (relative error above :func:`reference_tolerance`), or measured nothing before the
-    budget ran out. ``reference(inputs) -> outputs`` runs the real model (onnxruntime) on all graph inputs in
-    ``graph.inputs`` order (integer inputs as zeros) and returns all graph outputs in ``graph.outputs`` order.
+    budget ran out. ``reference(float_inputs) -> outputs`` runs the real model (onnxruntime) on the float
+    inputs (in ``graph.inputs`` order, each in its own dtype; integer inputs are the runner's to fill, with
+    zeros like the evaluator) and returns all graph outputs in ``graph.outputs`` order.
     The wall-clock ``time_budget`` is checked before every power iteration and ascent step, so it can be
     overshot by one step (plus the reference check and one evaluator construction).
     """
@@ -355,7 +353,7 @@ def empirical_lower_bound(
         say("lower bound: checking the torch evaluator against the reference runtime")
         tol = reference_tolerance(graph)
         try:
-            rel_error = _check_reference(graph, f, points[0][1], reference)
+            rel_error = _check_reference(f, points[0][1], reference)
         except LipcheckError as exc:
             return result(None, f"no lower bound: the torch evaluator failed ({exc})")
         except Exception as exc:  # noqa: BLE001 - the reference runtime's own errors
