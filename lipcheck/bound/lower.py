@@ -52,12 +52,15 @@ _DISTRIBUTIONS: tuple[tuple[str, float, str], ...] = (
 
 _POWER_TOL = 1e-10  # relative change of ||Jv|| that ends a power iteration early (deterministic)
 _PAIR_STEP = 1e-3  # ||y - x|| of a pair started along v_top, relative to ||x|| (or to sqrt(n) near 0)
+# The ascent never lets ||y - x|| fall below this times max(||x||, sqrt(n)): float64 rounding in f(y) - f(x)
+# (~1e-16 of the intermediate magnitudes) then adds at most ~1e-10 relative to the measured ratio.
+_MIN_PAIR_DISTANCE = 1e-6
 
 
 def reference_tolerance(graph: Graph) -> float:
     """Largest relative error accepted between the float64 evaluator and the reference (onnxruntime): 1e-4 for
     float32 / float64 models, looser for the float16 (1e-2) and bfloat16 (5e-2) ones."""
-    names = {i.dtype for i in (*graph.inputs, *graph.outputs)} | {
+    names = {i.dtype for i in (*graph.inputs, *graph.outputs)} | set(graph.dtypes.values()) | {
         str(np.asarray(v).dtype) for v in graph.constants.values()
     }
     if "bfloat16" in names:
@@ -255,6 +258,11 @@ def _ascend(f: _Flat, x0: torch.Tensor, d0: torch.Tensor, steps: int, clock: _Cl
         if not all(bool(torch.isfinite(g).all()) for g in grads):
             break
         adam.ascend(grads)
+        with torch.no_grad():  # keep ||d|| far above float64 rounding of f (see _MIN_PAIR_DISTANCE)
+            floor = _MIN_PAIR_DISTANCE * max(float(torch.linalg.vector_norm(x)), math.sqrt(x.numel()))
+            d_norm = float(torch.linalg.vector_norm(d))
+            if 0 < d_norm < floor:
+                d.mul_(floor / d_norm)
     return best, best_x, best_d, done
 
 
