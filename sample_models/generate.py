@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import hashlib
 
-    for name, path in generate(args.out, args.names or None).items():
+    for path in generate(args.out, args.names or None).values():
         data = path.read_bytes()
         print(f"{hashlib.sha256(data).hexdigest()}  {len(data):>8d}  {path.name}")
     return 0

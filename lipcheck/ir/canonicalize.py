@@ -57,7 +57,9 @@ def fold_batchnorm(graph: Graph) -> Graph:
                                param_names={k: v for k, v in params.items() if k in constants})
 
 
-def _fuse(p: Node, bn: Node, graph: Graph, constants: dict[str, np.ndarray]) -> tuple[Node, dict[str, np.ndarray]] | None:
+def _fuse(
+    p: Node, bn: Node, graph: Graph, constants: dict[str, np.ndarray]
+) -> tuple[Node, dict[str, np.ndarray]] | None:
     gamma, beta, mean, var = (np.asarray(constants[n], dtype=np.float64) for n in bn.inputs[1:5])
     s = gamma / np.sqrt(var + float(bn.attr("epsilon", 1e-5)))
     shift = beta - s * mean

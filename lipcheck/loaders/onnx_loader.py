@@ -396,6 +396,6 @@ def _check_finite(
                 if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
                     bad = "NaN" if np.isnan(arr).any() else "Inf"
                     raise InvalidWeightsError(
-                        f"{label}: weight '{param_names.get(i, i)}' used by node {node.name} ({node.op_type}) "
+                        f"{label}: weight '{param_names.get(i, i)}' used by node '{node.name}' ({node.op_type}) "
                         f"contains {bad} values"
                     )

@@ -240,7 +240,7 @@ class _ConvOperator:
                 t = F.pad(t, self._pad)
             y = self._conv(t, self._w, stride=self.strides, dilation=self.dilations, groups=self.groups)
             if self.out != self.natural_out:
-                y = y[(slice(None), slice(None), *(slice(0, o) for o in self.out))]
+                y = y[(slice(None), slice(None)) + tuple(slice(0, o) for o in self.out)]
             return y.reshape(b, -1).numpy()
 
     def adjoint(self, y: np.ndarray) -> np.ndarray:
@@ -257,7 +257,7 @@ class _ConvOperator:
                 groups=self.groups,
                 dilation=self.dilations,
             )
-            x = x[(slice(None), slice(None), *(slice(p, p + n) for p, n in zip(self.pads_begin, self.n)))]
+            x = x[(slice(None), slice(None)) + tuple(slice(p, p + n) for p, n in zip(self.pads_begin, self.n))]
             return x.reshape(b, -1).numpy()
 
     def dense(self) -> np.ndarray:
@@ -305,7 +305,7 @@ def _circular_bound(op: _ConvOperator) -> float:
     taps_per_dim = tuple(math.ceil(ke / st) for ke, st in zip(op.eff_kernel, s))
 
     wd = np.zeros((op.c_out, c_in_g, *(q * st for q, st in zip(taps_per_dim, s))))
-    wd[(slice(None), slice(None), *(slice(0, ke, dil) for ke, dil in zip(op.eff_kernel, op.dilations)))] = op.weight
+    wd[(slice(None), slice(None)) + tuple(slice(0, ke, dil) for ke, dil in zip(op.eff_kernel, op.dilations))] = op.weight
     split = (op.c_out, c_in_g, *(v for q, st in zip(taps_per_dim, s) for v in (q, st)))
     perm = (0, 1, *(3 + 2 * i for i in range(d)), *(2 + 2 * i for i in range(d)))
     b = c_in_g * math.prod(s)

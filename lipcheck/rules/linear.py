@@ -153,10 +153,9 @@ def _conv_geometry(node: Node, ctx: RuleContext, transpose: bool):  # type: igno
                 total = s * (n - 1) + op + ((k - 1) * d + 1) - int(t)
                 if total < 0:
                     raise NoGlobalConstant(f"{node.op_type} with negative total padding is not supported")
-                if auto == "SAME_UPPER":
-                    pb_l.append(total // 2), pe_l.append(total - total // 2)
-                else:
-                    pb_l.append(total - total // 2), pe_l.append(total // 2)
+                small, large = total // 2, total - total // 2
+                pb_l.append(small if auto == "SAME_UPPER" else large)
+                pe_l.append(large if auto == "SAME_UPPER" else small)
             pb, pe = tuple(pb_l), tuple(pe_l)
         elif auto == "VALID":
             pb, pe = (0,) * r, (0,) * r
@@ -260,7 +259,7 @@ def _times_function_of_self(node: Node, ctx: RuleContext) -> tuple[int, float, s
             if sp is not None and sp.op_type == "Softplus" and sp.inputs[0] == x:
                 return xi, MISH, "Mish x·tanh(softplus(x)): 1.0885 (computed)"
         if pg.op_type == "Add":
-            one = [ctx.const(i) for i in pg.inputs if ctx.const(i) is not None]
+            one = [c for c in (ctx.const(i) for i in pg.inputs) if c is not None]
             erf = [ctx.producer(i) for i in pg.inputs if ctx.is_var(i)]
             if len(one) == 1 and one[0].size == 1 and float(one[0]) == 1.0 and len(erf) == 1 and erf[0] is not None:
                 e = erf[0]

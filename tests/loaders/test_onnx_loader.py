@@ -92,7 +92,10 @@ def test_dynamic_dims_need_input_shape() -> None:
 
 
 def test_several_float_inputs_and_named_shapes() -> None:
-    nodes = [helper.make_node("Concat", ["a", "b"], ["c"], axis=1), helper.make_node("Gemm", ["c", "w"], ["y"], transB=1)]
+    nodes = [
+        helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+        helper.make_node("Gemm", ["c", "w"], ["y"], transB=1),
+    ]
     m = make_model(nodes, [("a", ("N", 2)), ("b", ("N", 4))], ["y"], {"w": rng_weights(3, 6)})
     with pytest.raises(InputShapeError, match="NAME="):
         load_onnx(m, input_shape=(1, 2))
