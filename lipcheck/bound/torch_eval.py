@@ -260,7 +260,7 @@ def matmul(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
 def batch_normalization(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
     """Inference mode: (x - mean) / sqrt(var + eps) * scale + B, per channel (dim 1)."""
     X, scale, B, mean, var = (_req(x, i) for i in range(5))
-    eps = float(node.attr("epsilon", 1e-5))
+    eps = float(node.attr("epsilon", np.float32(1e-5)))
     shape = [1, -1] + [1] * (X.dim() - 2)
     inv = torch.rsqrt(var + eps) * scale
     return (X - mean.reshape(shape)) * inv.reshape(shape) + B.reshape(shape)
@@ -268,7 +268,7 @@ def batch_normalization(node: Node, x: list[Tensor | None], ctx: EvalContext) ->
 
 def instance_normalization(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
     X, scale, B = _req(x, 0), _req(x, 1), _req(x, 2)
-    return F.instance_norm(X, weight=scale, bias=B, eps=float(node.attr("epsilon", 1e-5)))
+    return F.instance_norm(X, weight=scale, bias=B, eps=float(node.attr("epsilon", np.float32(1e-5))))
 
 
 def layer_normalization(node: Node, x: list[Tensor | None], ctx: EvalContext) -> OpOutput:
@@ -278,7 +278,8 @@ def layer_normalization(node: Node, x: list[Tensor | None], ctx: EvalContext) ->
     dims = tuple(range(axis, X.dim()))
     mean = X.mean(dims, keepdim=True)
     centered = X - mean
-    inv_std = torch.rsqrt((centered * centered).mean(dims, keepdim=True) + float(node.attr("epsilon", 1e-5)))
+    eps = float(node.attr("epsilon", np.float32(1e-5)))
+    inv_std = torch.rsqrt((centered * centered).mean(dims, keepdim=True) + eps)
     y = centered * inv_std * scale
     if B is not None:
         y = y + B
@@ -293,7 +294,7 @@ def group_normalization(node: Node, x: list[Tensor | None], ctx: EvalContext) ->
     xg = X.reshape(N, g, -1)
     mean = xg.mean(-1, keepdim=True)
     centered = xg - mean
-    inv_std = torch.rsqrt((centered * centered).mean(-1, keepdim=True) + float(node.attr("epsilon", 1e-5)))
+    inv_std = torch.rsqrt((centered * centered).mean(-1, keepdim=True) + float(node.attr("epsilon", np.float32(1e-5))))
     y = (centered * inv_std).reshape(X.shape)
     if scale.numel() != C:
         scale, B = scale.repeat_interleave(C // g), B.repeat_interleave(C // g)
@@ -306,7 +307,7 @@ def rms_normalization(node: Node, x: list[Tensor | None], ctx: EvalContext) -> T
     axis = _axis(int(node.attr("axis", -1)), X.dim())
     dims = tuple(range(axis, X.dim()))
     ms = (X * X).mean(dims, keepdim=True)
-    return X * torch.rsqrt(ms + float(node.attr("epsilon", 1e-5))) * scale
+    return X * torch.rsqrt(ms + float(node.attr("epsilon", np.float32(1e-5)))) * scale
 
 
 def lp_normalization(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
@@ -903,13 +904,16 @@ OPS: dict[str, OpFn] = {
     "Relu": _unary(torch.relu), "Sigmoid": _unary(torch.sigmoid), "Tanh": _unary(torch.tanh),
     "Softplus": _unary(F.softplus), "Softsign": _unary(F.softsign), "Mish": _unary(F.mish),
     "HardSwish": _unary(F.hardswish), "PRelu": prelu, "Clip": clip,
-    "LeakyRelu": _attr_unary(lambda X, n: F.leaky_relu(X, float(n.attr("alpha", 0.01)))),
+    "LeakyRelu": _attr_unary(lambda X, n: F.leaky_relu(X, float(n.attr("alpha", np.float32(0.01))))),
     "Elu": _attr_unary(lambda X, n: F.elu(X, float(n.attr("alpha", 1.0)))),
     "Celu": _attr_unary(lambda X, n: F.celu(X, float(n.attr("alpha", 1.0)))),
     "Selu": _attr_unary(_selu),
     "ThresholdedRelu": _attr_unary(lambda X, n: X * (X > float(n.attr("alpha", 1.0)))),
     "HardSigmoid": _attr_unary(
-        lambda X, n: torch.clamp(float(n.attr("alpha", 0.2)) * X + float(n.attr("beta", 0.5)), 0.0, 1.0)),
+        lambda X, n: torch.clamp(
+            float(n.attr("alpha", np.float32(0.2))) * X + float(n.attr("beta", np.float32(0.5))), 0.0, 1.0
+        )
+    ),
     "Gelu": _attr_unary(lambda X, n: F.gelu(X, approximate=_attr_str(n, "approximate", "none"))),
     "Swish": _attr_unary(lambda X, n: X * torch.sigmoid(float(n.attr("alpha", 1.0)) * X)),
     "Softmax": _softmax_family(torch.softmax), "LogSoftmax": _softmax_family(torch.log_softmax),

@@ -61,7 +61,8 @@ def _fuse(
     p: Node, bn: Node, graph: Graph, constants: dict[str, np.ndarray]
 ) -> tuple[Node, dict[str, np.ndarray]] | None:
     gamma, beta, mean, var = (np.asarray(constants[n], dtype=np.float64) for n in bn.inputs[1:5])
-    s = gamma / np.sqrt(var + float(bn.attr("epsilon", 1e-5)))
+    # default epsilon: float32(1e-5), the float attribute's stored value (see rules.linear.batchnorm_scale)
+    s = gamma / np.sqrt(var + float(bn.attr("epsilon", np.float32(1e-5))))
     shift = beta - s * mean
     c_out = s.shape[0]
     w_name = p.inputs[1]

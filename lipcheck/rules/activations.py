@@ -67,7 +67,7 @@ for _op, _why in {
 
 @register("LeakyRelu")
 def leaky_relu(node: Node, ctx: RuleContext) -> OpBound:
-    a = float(node.attr("alpha", 0.01))
+    a = float(node.attr("alpha", np.float32(0.01)))
     return single_input(node, ctx, max(1.0, abs(a)), f"LeakyRelu: max(1, |alpha|), alpha={a:g}")
 
 
@@ -100,7 +100,7 @@ def selu(node: Node, ctx: RuleContext) -> OpBound:
 
 @register("HardSigmoid")
 def hard_sigmoid(node: Node, ctx: RuleContext) -> OpBound:
-    a = float(node.attr("alpha", 0.2))
+    a = float(node.attr("alpha", np.float32(0.2)))
     return single_input(node, ctx, abs(a), f"HardSigmoid: |alpha|, alpha={a:g}")
 
 

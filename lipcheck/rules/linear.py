@@ -210,7 +210,9 @@ def batchnorm_scale(node: Node, ctx: RuleContext) -> np.ndarray:
         raise NoGlobalConstant("BatchNormalization with input-dependent parameters is not supported")
     gamma = np.asarray(ctx.const(node.inputs[1]), dtype=np.float64)
     var = np.asarray(ctx.const(node.inputs[4]), dtype=np.float64)
-    eps = float(node.attr("epsilon", 1e-5))
+    # the default is the float attribute's value as ONNX stores it, float32(1e-5) = 9.99999974738e-06, which is
+    # what runtimes use: the double 1e-5 is larger and would put the bound below the truth when var ≈ 0
+    eps = float(node.attr("epsilon", np.float32(1e-5)))
     if np.any(var + eps <= 0):
         raise NoGlobalConstant("BatchNormalization with var + eps <= 0")
     return gamma / np.sqrt(var + eps)

@@ -16,7 +16,7 @@ def layer_norm(node: Node, ctx: RuleContext) -> OpBound:
     # s = √(var + eps) ≥ √eps, so ‖J‖ ≤ max|γ|/√eps: a global constant, but a loose one (≈316·max|γ| at 1e-5).
     if ctx.var_inputs(node) != [0]:
         raise NoGlobalConstant(f"{node.op_type} with input-dependent scale or bias is not supported")
-    eps = float(node.attr("epsilon", 1e-5))
+    eps = float(node.attr("epsilon", np.float32(1e-5)))
     if eps <= 0:
         raise NoGlobalConstant(f"{node.op_type} with epsilon={eps:g} has no global constant")
     scale = ctx.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None

@@ -10,8 +10,9 @@ kernel in onnxruntime (NOT_IMPLEMENTED), so in the double reference they run in 
 their dense matrices are nevertheless exact:
 
 - Conv / ConvTranspose on a one-hot input compute w·1 plus exact zeros, so every entry IS a float32
-  weight. Where a case has a conv bias, weights and bias are multiples of 2⁻⁸ of small magnitude
-  (:func:`quantized`), so w + b and its difference with b are exact in float32 too.
+  weight (asserted for every unfused conv case). Where a case has a conv bias, weights and bias are
+  multiples of 2⁻⁸ of small magnitude (:func:`quantized`), so w + b and its difference with b are exact
+  in float32 too. After a Conv, a BatchNormalization runs in float64 on those exact values.
 - AveragePool / GlobalAveragePool: the basis is scaled by L = lcm(1..16) (exact in float32); every output
   is then L/count, an integer, computed exactly (checked below), and the matrix is that divided by L in
   float64.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,8 +36,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import lipcheck
+from lipcheck.report.model import LayerResult, Report
 from tests.helpers import make_model, rng_weights
 
+Shape = tuple[int, ...]
 REL = 1e-6
 POOL_SCALE = float(math.lcm(*range(1, 17)))  # 720720 < 2**24: exact in float32, divisible by every count <= 16
 # onnxruntime has no float64 kernel for these: the double reference runs them in float32 between Casts
@@ -47,7 +51,7 @@ FLOAT32_ONLY = {"Conv", "ConvTranspose", "AveragePool", "GlobalAveragePool"}
 
 
 def quantized(*shape: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
-    """Random weights that are multiples of 2⁻⁸ (|w| < 8): sums of two of them are exact in float32."""
+    """Random weights that are multiples of 2⁻⁸: sums of two of them are exact in float32 (|w| << 2¹⁵)."""
     return (np.round(rng_weights(*shape, seed=seed) * scale * 256) / 256).astype(np.float32)
 
 
@@ -104,6 +108,8 @@ def dense_operator(model: onnx.ModelProto, *, batched: bool = True, scale: float
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no fusions in the reference
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1  # no spinning pool threads competing with lipcheck's torch afterwards
+    opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(ref.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = ref.graph.input[0].name
     eye = np.eye(n) * scale
@@ -139,22 +145,23 @@ class Case:
     reshaped: np.ndarray | None = None  # the matrix whose σ is sigma_reshaped (convs)
     fused_with: tuple[str, ...] = ()
     exact_method: str | None = None  # asserted when set
-    options: dict | None = None
+    options: dict[str, Any] | None = None
 
 
-def single(op: str, x_shape, inits: dict, attrs: dict | None = None, extra=(), opset: int = 17):  # type: ignore[no-untyped-def]
-    node = helper.make_node(op, ["x", *inits.keys(), *extra], ["y"], name=f"{op.lower()}0", **(attrs or {}))
+def single(op: str, x_shape: Shape, inits: dict[str, np.ndarray], attrs: dict[str, Any] | None = None,
+           opset: int = 17) -> onnx.ModelProto:
+    node = helper.make_node(op, ["x", *inits.keys()], ["y"], name=f"{op.lower()}0", **(attrs or {}))
     return make_model([node], [("x", x_shape)], ["y"], inits, opset=opset)
 
 
 def conv_case(
     id: str,
-    x_shape,  # type: ignore[no-untyped-def]
-    w_shape,  # type: ignore[no-untyped-def]
+    x_shape: Shape,
+    w_shape: Shape,
     seed: int = 0,
     bias: bool = False,
     exact_method: str | None = None,
-    **attrs,  # type: ignore[no-untyped-def]
+    **attrs: Any,
 ) -> Case:
     w = quantized(*w_shape, seed=seed) if bias else rng_weights(*w_shape, seed=seed)
     inits = {"w": w}
@@ -164,7 +171,7 @@ def conv_case(
                 exact_method=exact_method)
 
 
-def conv_t_case(id: str, x_shape, w_shape, seed: int = 0, **attrs) -> Case:  # type: ignore[no-untyped-def]
+def conv_t_case(id: str, x_shape: Shape, w_shape: Shape, seed: int = 0, **attrs: Any) -> Case:
     w = rng_weights(*w_shape, seed=seed)
     return Case(id, single("ConvTranspose", x_shape, {"w": w}, attrs), "ConvTranspose",
                 reshaped=np.moveaxis(w, 1, 0).reshape(w.shape[1], -1))
@@ -234,9 +241,32 @@ def matmul_bn_case() -> Case:
     return Case("matmul+bn_folded", model, "Gemm", fused_with=("bn",))
 
 
-def pool_case(id: str, x_shape, opset: int = 17, op: str = "AveragePool", **attrs) -> Case:  # type: ignore[no-untyped-def]
+def bn_dead_channel_cases() -> list[Case]:
+    """No epsilon attribute and a channel with var = 0: its scale is γ/√eps, so the default epsilon decides
+    the norm. ONNX stores it as float32(1e-5) = 9.99999974738e-06; reading it as the double 1e-5 gives a
+    value 1.26e-8 (relative) below the truth, far outside the rounding margins."""
+    p = {"gamma": np.array([1.0, -0.5, 2.0, 0.25], np.float32), "beta": np.full(4, 0.25, np.float32),
+         "mean": np.zeros(4, np.float32), "var": np.array([0.0, 1.0, 0.5, 2.0], np.float32)}
+    standalone = single("BatchNormalization", (1, 4, 2, 2), p)
+    w = rng_weights(4, 2, 3, 3, seed=81)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["h", "gamma", "beta", "mean", "var"], ["y"], name="bn"),
+    ]
+    fused = make_model(nodes, [("x", (1, 2, 5, 5))], ["y"], {"w": w, **p})
+    w_fused = w.astype(np.float64) * bn_scale(p, 1e-5)[:, None, None, None]
+    return [
+        Case("batchnorm_standalone_default_eps_var0", standalone, "BatchNormalization"),
+        Case("conv2d+bn_folded_default_eps_var0", fused, "Conv", reshaped=w_fused.reshape(4, -1),
+             fused_with=("bn",)),
+    ]
+
+
+def pool_case(id: str, x_shape: Shape, opset: int = 17, op: str = "AveragePool", **attrs: Any) -> Case:
     node = helper.make_node(op, ["x"], ["y"], name="pool", **attrs)
-    return Case(id, make_model([node], [("x", x_shape)], ["y"], opset=opset), op, scale=POOL_SCALE)
+    # lipcheck refuses a model without any initializer: an unused one, as in tests/rules
+    model = make_model([node], [("x", x_shape)], ["y"], {"w_unused": np.ones(1, np.float32)}, opset=opset)
+    return Case(id, model, op, scale=POOL_SCALE)
 
 
 CASES: list[Case] = [
@@ -293,7 +323,9 @@ CASES: list[Case] = [
     # --- ConvTranspose -------------------------------------------------------------------------------------
     conv_t_case("convtranspose1d_stride_pads_outpad", (1, 2, 5), (2, 3, 3), seed=1, strides=[2], pads=[1, 0],
                 output_padding=[1]),
-    conv_t_case("convtranspose1d_dilation_outpad", (1, 2, 6), (2, 2, 3), seed=2, dilations=[2], output_padding=[1]),
+    # (onnxruntime refuses output_padding >= stride, even when it is < dilation)
+    conv_t_case("convtranspose1d_dilation_outpad", (1, 2, 6), (2, 2, 3), seed=2, strides=[2], dilations=[2],
+                output_padding=[1]),
     conv_t_case("convtranspose2d_stride_pads", (1, 2, 4, 3), (2, 3, 3, 3), seed=3, strides=[2, 2],
                 pads=[1, 1, 1, 1]),
     conv_t_case("convtranspose2d_groups_dilation_outpad", (1, 4, 4, 3), (4, 3, 3, 2), seed=4, group=2,
@@ -314,6 +346,7 @@ CASES: list[Case] = [
     matmul_bn_case(),
     Case("batchnorm_standalone", single("BatchNormalization", (1, 4, 3, 3), bn_params(4, seed=51),
                                         {"epsilon": 1e-2}), "BatchNormalization"),
+    *bn_dead_channel_cases(),
     # --- pools ---------------------------------------------------------------------------------------------
     pool_case("avgpool_overlap_exclude_pad", (1, 2, 7, 6), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
               count_include_pad=0),
@@ -341,7 +374,7 @@ CASES: list[Case] = [
 ]
 
 
-def the_layer(report: lipcheck.report.Report, case: Case):  # type: ignore[no-untyped-def]
+def the_layer(report: Report, case: Case) -> LayerResult:
     assert not report.unbounded, report.unbounded
     assert len(report.layers) == 1, [(layer.name, layer.op) for layer in report.layers]
     layer = report.layers[0]
@@ -350,7 +383,8 @@ def the_layer(report: lipcheck.report.Report, case: Case):  # type: ignore[no-un
     return layer
 
 
-def check_invariants(layer, dense_sigma: float) -> None:  # type: ignore[no-untyped-def]
+def check_invariants(layer: LayerResult, dense_sigma: float) -> None:
+    assert layer.sigma_exact is not None, layer.exact_skipped
     assert layer.sigma_power <= layer.sigma_exact * (1 + 1e-9)
     assert layer.sigma_exact <= layer.sigma_upper
     assert layer.sigma_upper >= dense_sigma, "certified value below the truth"
@@ -369,6 +403,9 @@ def test_layer_norms_match_dense_reference(case: Case) -> None:
     if case.exact_method is not None:
         assert layer.exact_method == case.exact_method
     if case.op in ("Conv", "ConvTranspose"):
+        assert case.reshaped is not None
+        if not case.fused_with:  # the float32 reference is exact: every entry is a weight of the kernel, or 0
+            assert np.isin(dense, np.append(case.reshaped, 0.0)).all()
         assert layer.sigma_reshaped == pytest.approx(sigma_max(case.reshaped), rel=REL)
     else:
         assert layer.sigma_reshaped is None
@@ -401,6 +438,7 @@ def test_reshaped_kernel_norm_is_not_the_operator_norm() -> None:
     layer = lipcheck.analyze(model, lower_bound=False).layers[0]
     truth = sigma_max(dense_operator(model))
     assert layer.sigma_exact == pytest.approx(truth, rel=REL)
+    assert layer.sigma_exact is not None and layer.sigma_reshaped is not None
     assert layer.sigma_reshaped == pytest.approx(6.0, rel=REL)
     assert layer.sigma_exact / layer.sigma_reshaped > 2.0
     check_invariants(layer, truth)
@@ -411,7 +449,7 @@ def test_reshaped_kernel_norm_is_not_the_operator_norm() -> None:
 
 
 @st.composite
-def conv_geometries(draw):  # type: ignore[no-untyped-def]
+def conv_geometries(draw: st.DrawFn) -> tuple[Any, ...]:
     groups = draw(st.integers(1, 4))
     c_in = groups * draw(st.integers(1, 4 // groups))
     c_out = groups * draw(st.integers(1, 4 // groups))
@@ -426,7 +464,7 @@ def conv_geometries(draw):  # type: ignore[no-untyped-def]
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(conv_geometries())
-def test_random_conv_geometries(geom) -> None:  # type: ignore[no-untyped-def]
+def test_random_conv_geometries(geom: tuple[Any, ...]) -> None:
     c_in, c_out, groups, kernel, strides, dilations, pads, spatial, seed = geom
     for i in range(2):
         assume(spatial[i] + pads[i] + pads[i + 2] >= dilations[i] * (kernel[i] - 1) + 1)
