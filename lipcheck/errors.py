@@ -21,3 +21,7 @@ class UnsupportedModelError(LipcheckError):
 
 class InvalidWeightsError(LipcheckError):
     """A weight tensor holds NaN or Inf values."""
+
+
+class UsageError(LipcheckError):
+    """An option's value is malformed (e.g. ``--arch-kwargs`` that is not a JSON object)."""

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 import lipcheck
 from lipcheck.bound.walker import walk
 from lipcheck.errors import UnsupportedModelError
 from lipcheck.ir.canonicalize import fold_batchnorm
 from lipcheck.ir.graph import Graph
-from lipcheck.loaders import load_model
+from lipcheck.loaders import TorchOptions, load_model
 from lipcheck.progress import NullProgress, Progress
 from lipcheck.report.model import InputInfo, LowerBound, Report, Settings
 
@@ -30,10 +27,17 @@ def analyze(
     lower_bound: bool = True,
     lower_bound_seconds: float = 5.0,
     progress: Progress | None = None,
+    trust_pickle: bool = False,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    key: str | None = None,
 ) -> Report:
     """Analyse a model: per-layer spectral norms, a certified upper bound, an estimate and a lower bound.
 
-    ``model``: a path to an ONNX file, an ``onnx.ModelProto`` or a loaded :class:`~lipcheck.ir.Graph`.
+    ``model``: a path to an ONNX or PyTorch file, an ``onnx.ModelProto``, a ``torch.nn.Module`` (also a
+    ScriptModule or an ExportedProgram) or a loaded :class:`~lipcheck.ir.Graph`. PyTorch files: ``trust_pickle``
+    allows unpickling whole modules (runs code from the file); ``arch`` (``package.module:factory``) with
+    ``arch_kwargs`` builds the architecture for a state dict; ``key`` picks the state dict in a checkpoint.
     The certified ``upper_bound`` is never below the true L2 Lipschitz constant (``None`` = unbounded);
     ``estimate`` composes power-iteration estimates and is not a certificate; ``lower_bound.value`` is a
     measured ratio, a true lower bound.
@@ -43,7 +47,8 @@ def analyze(
         power_iterations=power_iterations, tolerance=tolerance, seed=seed, exact_limit=exact_limit,
         lower_bound=lower_bound, lower_bound_seconds=lower_bound_seconds,
     )
-    graph = fold_batchnorm(load_model(model, input_shape=input_shape))
+    torch_options = TorchOptions(trust_pickle=trust_pickle, arch=arch, arch_kwargs=arch_kwargs, key=key)
+    graph = fold_batchnorm(load_model(model, input_shape=input_shape, torch_options=torch_options))
     floats = graph.float_inputs
     if not floats:
         desc = ", ".join(f"'{i.name}' ({i.dtype})" for i in graph.inputs)
@@ -51,7 +56,7 @@ def analyze(
             f"{graph.source}: every input is an integer tensor ({desc}); integer inputs such as token ids "
             "have no Lipschitz constant: lipcheck bounds models with respect to float inputs"
         )
-    notes: list[str] = []
+    notes: list[str] = list(graph.notes)
     ints = [i for i in graph.inputs if not i.is_float]
     if ints:
         notes.append(
@@ -73,7 +78,15 @@ def analyze(
     if any(o.loose for o in result.ops):
         loose = [o.name for o in result.ops if o.loose]
         notes.append("loose factors (finite global constants far above typical local ones): " + ", ".join(loose))
-    skipped = [layer.name for layer in result.layers if layer.sigma_exact is None]
+    layers = tuple(result.layers)
+    if graph.parametrizations:
+        from lipcheck.loaders.parametrizations import attach_audits
+
+        layers, unmatched = attach_audits(layers, graph.parametrizations)
+        for audit in unmatched:
+            notes.append(f"{audit.kind} on {audit.module or 'the model'} ({audit.stored_key}) matched no analysed "
+                         "layer: not audited")
+    skipped = [layer.name for layer in layers if layer.sigma_exact is None]
     if skipped:
         notes.append(f"exact σ skipped for {len(skipped)} layer(s) above --exact-limit: " + ", ".join(skipped[:5]))
 
@@ -90,7 +103,7 @@ def analyze(
         estimate=estimate if math.isfinite(estimate) else None,
         lower_bound=lb,
         unbounded=tuple(result.unbounded),
-        layers=tuple(result.layers),
+        layers=layers,
         ops=tuple(result.ops),
         notes=tuple(notes),
         settings=settings,
@@ -101,7 +114,6 @@ def analyze(
 def _lower_bound(graph: Graph, model: Any, settings: Settings, progress: Progress) -> LowerBound:
     from lipcheck.bound.lower import empirical_lower_bound
 
-    reference = _onnx_reference(model, graph)
     progress.start(0, "lower bound")
 
     class _Adapter:
@@ -109,28 +121,9 @@ def _lower_bound(graph: Graph, model: Any, settings: Settings, progress: Progres
             progress.advance(label)
 
     return empirical_lower_bound(
-        graph, seed=settings.seed, time_budget=settings.lower_bound_seconds, reference=reference, progress=_Adapter()
+        graph,
+        seed=settings.seed,
+        time_budget=settings.lower_bound_seconds,
+        reference=graph.reference,
+        progress=_Adapter(),
     )
-
-
-def _onnx_reference(model: Any, graph: Graph) -> Callable[[list[np.ndarray]], list[np.ndarray]] | None:
-    """An onnxruntime runner of the original ONNX model (float inputs in order, integer inputs at zero)."""
-    if not isinstance(model, (str, os.PathLike)):
-        return None
-    try:
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001 - no reference: the lower bound says it was not cross-checked
-        return None
-    names = [o.name for o in graph.outputs]
-
-    def run(float_inputs: list[np.ndarray]) -> list[np.ndarray]:
-        feeds: dict[str, np.ndarray] = {}
-        it = iter(float_inputs)
-        for i in graph.inputs:
-            dt = np.dtype(i.dtype)
-            feeds[i.name] = np.asarray(next(it), dtype=dt) if i.is_float else np.zeros(i.shape, dtype=dt)
-        return [np.asarray(v) for v in sess.run(names, feeds)]
-
-    return run

@@ -20,7 +20,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from lipcheck import __version__
-from lipcheck.errors import InputShapeError, LipcheckError
+from lipcheck.errors import InputShapeError, LipcheckError, UsageError
 from lipcheck.report.formats import OutputFormat
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "app", "main", "parse_input_shapes", "parse_shape"]
@@ -34,7 +34,7 @@ InputShapes = dict[str, tuple[int, ...]] | tuple[int, ...]
 
 app = typer.Typer(
     name="lipcheck",
-    help="Certified Lipschitz bounds of neural networks (ONNX models).",
+    help="Certified Lipschitz bounds of neural networks (ONNX and PyTorch models).",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -90,6 +90,21 @@ def parse_input_shapes(values: Sequence[str]) -> InputShapes | None:
     return shapes
 
 
+def parse_arch_kwargs(text: str | None) -> dict[str, object] | None:
+    """``--arch-kwargs`` JSON → dict; one clear :class:`InputShapeError`-style error otherwise."""
+    if text is None:
+        return None
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--arch-kwargs is not valid JSON ({exc.msg} at position {exc.pos}): {text!r}") from exc
+    if not isinstance(value, dict):
+        raise UsageError(f"--arch-kwargs must be a JSON object such as '{{\"num_classes\": 10}}', got {text!r}")
+    return value
+
+
 # ------------------------------------------------------------------------------------------- output
 
 
@@ -135,12 +150,20 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """Certified Lipschitz bounds of neural networks (ONNX models)."""
+    """Certified Lipschitz bounds of neural networks (ONNX and PyTorch models)."""
 
 
 @app.command()
 def analyze(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.onnx).", show_default=False)],
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="Model file: ONNX (.onnx) or PyTorch (TorchScript, .pt2, state dict or checkpoint with --arch, "
+            "pickled module with --trust-pickle).",
+            show_default=False,
+        ),
+    ],
     input_shape: Annotated[
         list[str] | None,
         typer.Option(
@@ -159,7 +182,7 @@ def analyze(
         int, typer.Option(min=1, help="Power iterations per layer (the estimate).")
     ] = 100,
     tolerance: Annotated[
-        float, typer.Option(min=0.0, help="Tolerance of the exact (Lanczos) solver.")
+        float, typer.Option(min=0.0, help="Power iteration stops once σ changes by less than this (relative).")
     ] = 1e-6,
     seed: Annotated[int, typer.Option(help="Random seed (power iteration starts, lower-bound search).")] = 0,
     exact_limit: Annotated[
@@ -180,6 +203,30 @@ def analyze(
             show_default=False,
         ),
     ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch",
+            metavar="MODULE:FACTORY",
+            help="PyTorch state dicts: the callable that builds the nn.Module, as package.module:factory or "
+            "path/to/file.py:factory.",
+            show_default=False,
+        ),
+    ] = None,
+    arch_kwargs: Annotated[
+        str | None,
+        typer.Option("--arch-kwargs", metavar="JSON", help="Keyword arguments for --arch, as a JSON object.",
+                     show_default=False),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="PyTorch checkpoints: the key that holds the state dict (default: found).",
+                     show_default=False),
+    ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option("--trust-pickle", help="Allow unpickling a whole PyTorch module: runs code from the file."),
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Debug logging and full tracebacks.")] = False,
 ) -> None:
     """Compute a certified Lipschitz bound (L2) of MODEL, with per-layer spectral norms."""
@@ -190,6 +237,7 @@ def analyze(
     observer = None
     try:
         shapes = parse_input_shapes(input_shape or [])
+        kwargs = parse_arch_kwargs(arch_kwargs)
         import lipcheck
 
         if progress is not False:
@@ -207,6 +255,10 @@ def analyze(
                 lower_bound=not no_lower_bound,
                 lower_bound_seconds=lower_bound_seconds,
                 progress=observer,
+                trust_pickle=trust_pickle,
+                arch=arch,
+                arch_kwargs=kwargs,
+                key=key,
             )
         finally:
             if observer is not None:

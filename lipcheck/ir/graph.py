@@ -8,7 +8,7 @@ model input, in topological order. Every tensor that a node reads or writes has 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,14 @@ class Graph:
     param_names: Mapping[str, str] = field(default_factory=dict)
     opset: int = 0
     source: str = ""  # the file it was read from, or a description
+    # what the loader wants the report to say (e.g. "state dict nested under 'model_state_dict'")
+    notes: tuple[str, ...] = ()
+    # spectral_norm / weight_norm parametrizations found in a PyTorch model, with the numbers their audit
+    # needs (lipcheck.loaders.parametrizations.AuditInput): the analysis matches them to layers by ``param``
+    parametrizations: tuple[Any, ...] = ()
+    # runs the ORIGINAL model (onnxruntime on the ONNX file, or the PyTorch module in eval mode) on the float
+    # inputs in order: the reference the lower bound's torch evaluator is checked against
+    reference: Callable[[list[np.ndarray]], list[np.ndarray]] | None = field(default=None, compare=False, repr=False)
 
     def is_const(self, name: str) -> bool:
         return name in self.constants

@@ -13,7 +13,7 @@ What this does, in order:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +300,7 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
 
     inputs = tuple(TensorInfo(vi.name, shapes[vi.name], dtypes[vi.name]) for vi in graph_inputs)
     outputs = tuple(TensorInfo(o.name, shapes.get(o.name, ()), dtypes.get(o.name, "unknown")) for o in g.output)
+    original: str | onnx.ModelProto = source if isinstance(source, onnx.ModelProto) else str(source)
     return Graph(
         name=g.name or Path(label).stem,
         inputs=inputs,
@@ -311,7 +312,31 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
         param_names=param_names,
         opset=opset,
         source=label,
+        reference=onnxruntime_runner(original, inputs, outputs),
     )
+
+
+def onnxruntime_runner(
+    model: str | onnx.ModelProto, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]
+) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    """Runs the original model with onnxruntime: float inputs in order, integer inputs held at zero. The
+    session is created on the first call (it costs time and memory that ``--no-lower-bound`` never needs)."""
+    session: list[Any] = []
+
+    def run(float_inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if not session:
+            import onnxruntime as ort
+
+            data = model if isinstance(model, str) else model.SerializeToString()
+            session.append(ort.InferenceSession(data, providers=["CPUExecutionProvider"]))
+        feeds: dict[str, np.ndarray] = {}
+        it = iter(float_inputs)
+        for i in inputs:
+            dt = np.dtype(i.dtype)
+            feeds[i.name] = np.asarray(next(it), dtype=dt) if i.is_float else np.zeros(i.shape, dtype=dt)
+        return [np.asarray(v) for v in session[0].run([o.name for o in outputs], feeds)]
+
+    return run
 
 
 def _shape_as_constant(node: onnx.NodeProto, shape: tuple[int, ...]) -> onnx.NodeProto:

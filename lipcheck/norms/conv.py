@@ -305,7 +305,8 @@ def _circular_bound(op: _ConvOperator) -> float:
     taps_per_dim = tuple(math.ceil(ke / st) for ke, st in zip(op.eff_kernel, s))
 
     wd = np.zeros((op.c_out, c_in_g, *(q * st for q, st in zip(taps_per_dim, s))))
-    wd[(slice(None), slice(None)) + tuple(slice(0, ke, dil) for ke, dil in zip(op.eff_kernel, op.dilations))] = op.weight
+    taps = tuple(slice(0, ke, dil) for ke, dil in zip(op.eff_kernel, op.dilations))
+    wd[(slice(None), slice(None)) + taps] = op.weight
     split = (op.c_out, c_in_g, *(v for q, st in zip(taps_per_dim, s) for v in (q, st)))
     perm = (0, 1, *(3 + 2 * i for i in range(d)), *(2 + 2 * i for i in range(d)))
     b = c_in_g * math.prod(s)

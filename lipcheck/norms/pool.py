@@ -5,7 +5,7 @@ ONNX AveragePool's window for output o in one spatial dim reads input positions 
 count_include_pad=0, or of positions inside the padded range with count_include_pad=1). So per channel the
 operator is the Kronecker product A_1 ⊗ … ⊗ A_D of 1-D averaging matrices, and σ_max = Π_d σ_max(A_d)
 (the singular values of a Kronecker product are the products of the factors' singular values).
-Semantics checked against onnxruntime in tests/norms/test_pool.py, including ceil_mode (a last window that
+Semantics checked against onnxruntime in tests/norms/test_operator_norms.py, including ceil_mode (a last window that
 would start in the end padding is dropped) and asymmetric pads.
 """
 

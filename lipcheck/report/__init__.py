@@ -6,6 +6,8 @@ from lipcheck.report.model import (
     OpResult,
     Report,
     Settings,
+    SpectralNormAudit,
+    SpectralNormAuditSummary,
     Unbounded,
 )
 
@@ -17,5 +19,7 @@ __all__ = [
     "OpResult",
     "Report",
     "Settings",
+    "SpectralNormAudit",
+    "SpectralNormAuditSummary",
     "Unbounded",
 ]

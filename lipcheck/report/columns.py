@@ -1,22 +1,25 @@
 """The per-layer columns, defined once and shared by the table and markdown formats (torchinfo style).
 
-Also the one number formatter every format uses (4 significant digits), so that the table, the markdown
-and the summary print the same digits for the same value.
+Also the columns of the spectral-norm audit section (:class:`AuditColumn`), and, re-exported from
+:mod:`lipcheck.report.numbers`, the one number formatter every format uses (4 significant digits), so
+that the table, the markdown and the summary print the same digits for the same value.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
-from lipcheck.report.model import LayerResult
+from lipcheck.report.model import LayerResult, SpectralNormAudit
+from lipcheck.report.numbers import format_number, format_percent
 
 __all__ = [
+    "AuditColumn",
     "Column",
     "Footnotes",
+    "audit_rows",
     "format_number",
     "format_percent",
     "format_shape",
@@ -24,28 +27,7 @@ __all__ = [
     "op_label",
 ]
 
-SIGNIFICANT_DIGITS = 4
-DASH = "—"  # "not applicable" (e.g. σ reshaped of a non-conv)
 UNBOUNDED = "unbounded"
-
-
-def format_number(value: float | None, *, none: str = DASH) -> str:
-    """``value`` with 4 significant digits, trailing zeros kept (``2.000``, ``0.2500``, ``1.235e+05``)."""
-    if value is None:
-        return none
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    text = f"{value:#.{SIGNIFICANT_DIGITS}g}"
-    return text[:-1] if text.endswith(".") else text  # "1234." -> "1234"
-
-
-def format_percent(fraction: float | None, *, none: str = DASH) -> str:
-    """A fraction as a percentage with 4 significant digits (``0.0123`` -> ``1.230%``)."""
-    if fraction is None:
-        return none
-    return format_number(fraction * 100.0) + "%"
 
 
 def format_shape(shape: Sequence[int]) -> str:
@@ -127,3 +109,63 @@ class Column(Enum):
 def layer_rows(layers: Sequence[LayerResult], footnotes: Footnotes) -> list[list[str]]:
     """One row of cells per layer, in :class:`Column` order; skipped reasons go into ``footnotes``."""
     return [[column.value.cell(layer, footnotes) for column in Column] for layer in layers]
+
+
+# ------------------------------------------------------------------------------- spectral-norm audit
+
+
+def _audit(layer: LayerResult) -> SpectralNormAudit:
+    if layer.audit is None:
+        raise ValueError(f"layer {layer.name} has no spectral-norm audit")
+    return layer.audit
+
+
+FLOAT32_NOISE = 1e-6  # |stale| this small is the rounding of float32 u, v (‖u‖·‖v‖ = 1 ± ε), printed as 0
+
+
+def _stale(layer: LayerResult, _: Footnotes) -> str:
+    stale = _audit(layer).stale
+    if stale is not None and abs(stale) < FLOAT32_NOISE:
+        stale = 0.0
+    return format_percent(stale)
+
+
+def _parametrization(layer: LayerResult, _: Footnotes) -> str:
+    audit = _audit(layer)
+    return f"{audit.kind} ({audit.style})"
+
+
+class AuditColumn(Enum):
+    """The columns of the spectral-norm audit section (one row per layer that carries an audit)."""
+
+    NAME = ColumnSpec("Layer", "left", lambda layer, _: layer.name)
+    STORED_KEY = ColumnSpec("Stored key", "left", lambda layer, _: _audit(layer).stored_key)
+    PARAMETRIZATION = ColumnSpec("Parametrization", "left", _parametrization)
+    SIGMA_HAT = ColumnSpec("σ̂ (stored u, v)", "right", lambda layer, _: format_number(_audit(layer).sigma_hat))
+    SIGMA_RESHAPED_EXACT = ColumnSpec(
+        "σ reshaped exact (original)", "right", lambda layer, _: format_number(_audit(layer).sigma_reshaped_exact)
+    )
+    RESHAPED_AFTER = ColumnSpec(
+        "σ reshaped (used weight)", "right", lambda layer, _: format_number(_audit(layer).reshaped_after)
+    )
+    STALE = ColumnSpec("Stale", "right", _stale)
+    LIPSCHITZ = ColumnSpec(
+        "Lipschitz (certified)", "right", lambda layer, _: format_number(_audit(layer).lipschitz)
+    )
+    LIPSCHITZ_EXACT = ColumnSpec(
+        "Lipschitz exact", "right", lambda layer, _: format_number(_audit(layer).lipschitz_exact)
+    )
+
+    @property
+    def header(self) -> str:
+        return self.value.header
+
+    @property
+    def justify(self) -> Literal["left", "right"]:
+        return self.value.justify
+
+
+def audit_rows(layers: Sequence[LayerResult]) -> list[list[str]]:
+    """One row of cells per layer that carries an audit, in :class:`AuditColumn` order."""
+    footnotes = Footnotes()  # audit cells make no footnotes
+    return [[column.value.cell(layer, footnotes) for column in AuditColumn] for layer in layers if layer.audit]

@@ -6,7 +6,9 @@
 - ``markdown``: a GitHub-flavoured table and summary, for pasting into a pull request.
 
 The per-layer columns are defined once in :mod:`lipcheck.report.columns`; the summary is built once in
-:func:`summarize`; every number goes through :func:`format_number` (4 significant digits).
+:func:`summarize`; every number goes through :func:`format_number` (4 significant digits). When a layer
+carries a spectral-norm audit, the table and markdown add a "Spectral-norm audit" section after the
+layer table (its columns: :class:`AuditColumn`; its sentence: ``Report.spectral_norm_audit``).
 """
 
 from __future__ import annotations
@@ -26,14 +28,16 @@ from rich.text import Text
 
 from lipcheck.report.columns import (
     UNBOUNDED,
+    AuditColumn,
     Column,
     Footnotes,
+    audit_rows,
     format_number,
     format_percent,
     format_shape,
     layer_rows,
 )
-from lipcheck.report.model import Report
+from lipcheck.report.model import WEIGHT_NORM, Report
 
 __all__ = [
     "OutputFormat",
@@ -54,6 +58,7 @@ UPPER_LABEL = "Certified upper bound"
 ESTIMATE_LABEL = "Estimate (power iteration, NOT a certificate)"
 LOWER_LABEL = "Empirical lower bound"
 RATIO_LABEL = "Ratio upper/lower"
+AUDIT_TITLE = "Spectral-norm audit"
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -76,6 +81,8 @@ class Summary:
     sections: list[tuple[str, list[str]]]  # (title, items); empty sections are omitted
     footnotes: list[str] = field(default_factory=list)
     settings: str = ""
+    audit_rows: list[list[str]] = field(default_factory=list)  # AuditColumn cells; empty = no audit section
+    audit_lines: list[Fact] = field(default_factory=list)  # the audit's sentences, below its table
 
 
 def _seconds(value: float) -> str:
@@ -133,6 +140,25 @@ def _ratio_fact(report: Report) -> Fact:
     return Fact(RATIO_LABEL, f"n/a ({why})")
 
 
+def _audit_lines(report: Report) -> list[Fact]:
+    """The audit's verdict (``Report.spectral_norm_audit``) and a line for weight-normalized layers."""
+    lines = []
+    verdict = report.spectral_norm_audit
+    if verdict is not None:
+        lines.append(Fact(AUDIT_TITLE, verdict.summary, warning=verdict.not_1_lipschitz > 0))
+    weight_norm = [layer.name for layer in report.layers if layer.audit and layer.audit.kind == WEIGHT_NORM]
+    if weight_norm:
+        n = len(weight_norm)
+        lines.append(
+            Fact(
+                AUDIT_TITLE,
+                f"{n} weight-normalized layer{'s' if n != 1 else ''} ({', '.join(weight_norm)}): the weight was "
+                "reconstructed as g·v/‖v‖ (weight_norm makes no Lipschitz claim)",
+            )
+        )
+    return lines
+
+
 def summarize(report: Report, footnotes: Footnotes | None = None) -> Summary:
     """The summary shared by the table and markdown formats."""
     unbounded_names = {u.node for u in report.unbounded}
@@ -177,6 +203,8 @@ def summarize(report: Report, footnotes: Footnotes | None = None) -> Summary:
         ],
         footnotes=footnotes.lines() if footnotes else [],
         settings=settings,
+        audit_rows=audit_rows(report.layers),
+        audit_lines=_audit_lines(report),
     )
 
 
@@ -200,6 +228,16 @@ def table_renderables(report: Report) -> list[RenderableType]:
     else:
         out.append(Text("No weighted (linear) layers."))
     out.extend(Text(line, style="dim") for line in summary.footnotes)
+    if summary.audit_rows:
+        out.append(Text(f"\n{AUDIT_TITLE}:", style="bold"))
+        audit = Table(box=box.SQUARE, header_style="bold", show_edge=True)
+        for audit_column in AuditColumn:
+            audit.add_column(audit_column.header, justify=audit_column.justify,
+                             no_wrap=audit_column.justify == "right")
+        for row in summary.audit_rows:
+            audit.add_row(*(Text(cell) for cell in row))
+        out.append(audit)
+        out.extend(Text(line.value, style="bold red" if line.warning else "") for line in summary.audit_lines)
 
     out.append(Text(""))
     label_width = max(len(fact.label) for fact in summary.facts) + 2
@@ -288,6 +326,14 @@ def render_markdown(report: Report) -> str:
     if summary.footnotes:
         lines.extend(f"{_md(line)}  " for line in summary.footnotes)
         lines.append("")
+    if summary.audit_rows:
+        lines.extend([f"**{AUDIT_TITLE}**", ""])
+        lines.append("| " + " | ".join(column.header for column in AuditColumn) + " |")
+        lines.append("|" + "|".join(":---" if c.justify == "left" else "---:" for c in AuditColumn) + "|")
+        lines.extend("| " + " | ".join(_md(cell) for cell in row) + " |" for row in summary.audit_rows)
+        lines.append("")
+        for line in summary.audit_lines:
+            lines.extend([f"**{_md(line.value)}**" if line.warning else _md(line.value), ""])
     for fact in summary.facts:
         value = f"**{_md(fact.value)}**" if fact.label == UPPER_LABEL else _md(fact.value)
         lines.append(f"- {fact.label}: {value}")

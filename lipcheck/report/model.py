@@ -7,10 +7,17 @@ bound (never below the truth). ``None`` means "not computed" (exact skipped) or 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lipcheck.report.numbers import format_number, format_percent
+
 SCHEMA_VERSION = 1
+SPECTRAL_NORM = "spectral_norm"
+WEIGHT_NORM = "weight_norm"
+LIPSCHITZ_TOLERANCE = 1e-6  # a spectrally normalized layer with a constant above 1 + this is "not 1-Lipschitz"
+STALE_TOLERANCE = 1e-3  # stored u, v under-estimating σ by more than this fraction are called stale
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,50 @@ class NormResult:
     upper_method: str  # "svd+margin", "circular-fft", "reshaped-bound", "gram", ...
     exact_skipped: str | None = None  # why sigma_exact is None
     sigma_reshaped: float | None = None  # convs: the reshaped-kernel norm torch's spectral_norm targets
+
+
+@dataclass(frozen=True)
+class SpectralNormAudit:
+    """What a checkpoint's spectral_norm / weight_norm parametrization claims, against what the layer is.
+
+    torch's ``spectral_norm`` divides the stored ``original`` weight by σ̂ = uᵀ·W_mat·v, computed from the
+    stored power-iteration vectors (W_mat: the weight reshaped to a matrix around ``dim``). That makes
+    the *reshaped kernel* of the used weight have norm σ_reshaped_exact / σ̂: 1 when u, v are converged,
+    above 1 when they are stale or shrunken. Even at exactly 1 a conv is not 1-Lipschitz: its operator
+    norm on its input (``lipschitz``, the analysed row's certified σ upper) is larger.
+    """
+
+    kind: str  # "spectral_norm" or "weight_norm"
+    style: str  # "parametrizations" (torch.nn.utils.parametrizations) or "legacy" (the older hooks)
+    module: str  # the module's state-dict prefix, "" for a top-level module
+    stored_key: str  # the checkpoint key the layer's weight is stored under (SN: original; WN: v)
+    sigma_hat: float | None  # SN: uᵀ·W_mat·v from the stored vectors (float64), what torch divides by
+    sigma_reshaped_exact: float | None  # SN: exact σ_max of the reshaped original (float64 SVD)
+    reshaped_after: float | None  # SN: σ of the reshaped used weight = sigma_reshaped_exact / sigma_hat
+    stale: float | None  # SN: relative under-estimate 1 − sigma_hat / sigma_reshaped_exact
+    claims_1_lipschitz: bool  # True for spectral_norm
+    lipschitz: float  # the layer's real certified constant (the row's sigma_upper: the operator norm)
+    lipschitz_exact: float | None  # the row's sigma_exact (None when skipped)
+
+    @property
+    def is_1_lipschitz(self) -> bool:
+        """The certified constant is at most 1 (up to :data:`LIPSCHITZ_TOLERANCE`); NaN is not."""
+        return self.lipschitz <= 1.0 + LIPSCHITZ_TOLERANCE
+
+
+@dataclass(frozen=True)
+class SpectralNormAuditSummary:
+    """The audit's one-line answer over all spectrally normalized layers (``Report.spectral_norm_audit``)."""
+
+    layers: int  # spectrally normalized layers
+    claim: float  # the constant each of them claims: 1.0
+    max_lipschitz: float | None  # the largest real certified constant among them
+    max_layer: str | None  # the layer it belongs to
+    not_1_lipschitz: int  # how many have a certified constant above 1 + LIPSCHITZ_TOLERANCE
+    stale_layers: int  # how many have reshaped_after above 1 + STALE_TOLERANCE (stale or shrunken u, v)
+    max_reshaped_after: float | None  # the largest reshaped norm of a used weight
+    max_reshaped_after_layer: str | None
+    summary: str  # the sentence the table and markdown print
 
 
 @dataclass(frozen=True)
@@ -48,6 +99,7 @@ class LayerResult:
     lipschitz: float  # the layer's own certified Lipschitz constant (= sigma_upper)
     cumulative_upper: float | None  # certified bound of this layer's output w.r.t. the model input
     cumulative_estimate: float | None  # the same composed from power estimates
+    audit: SpectralNormAudit | None = None  # set when the layer came from a spectral/weight-norm checkpoint
 
     @property
     def power_gap(self) -> float | None:
@@ -136,9 +188,66 @@ class Report:
             return None
         return self.upper_bound / lb
 
+    @property
+    def has_audit(self) -> bool:
+        """Some layer came from a spectral_norm / weight_norm parametrization and carries an audit."""
+        return any(layer.audit is not None for layer in self.layers)
+
+    @property
+    def spectral_norm_audit(self) -> SpectralNormAuditSummary | None:
+        """Are the spectrally normalized layers 1-Lipschitz? ``None`` when no layer carries an SN audit."""
+        audited = [
+            (layer.name, layer.audit)
+            for layer in self.layers
+            if layer.audit is not None and layer.audit.kind == SPECTRAL_NORM
+        ]
+        if not audited:
+            return None
+        max_name, max_audit = max(audited, key=lambda item: _sort_key(item[1].lipschitz))
+        with_after = [(name, a.reshaped_after) for name, a in audited if a.reshaped_after is not None]
+        after_name, after = max(with_after, key=lambda item: _sort_key(item[1]), default=(None, None))
+        n = len(audited)
+        not_1 = sum(not audit.is_1_lipschitz for _, audit in audited)
+        stale = sum(
+            not (a.reshaped_after <= 1.0 + STALE_TOLERANCE) for _, a in audited if a.reshaped_after is not None
+        )
+        one = n == 1
+        text = f"{n} spectrally normalized layer{' claims' if one else 's claim'} to be 1-Lipschitz; "
+        if not_1:
+            text += "it is not" if one else f"{not_1} {'is' if not_1 == 1 else 'are'} not"
+        else:
+            text += "it is" if one else "all are"
+        text += f": real constant{'' if one else 's up to'} {format_number(max_audit.lipschitz)} ({max_name})"
+        if stale and after is not None:
+            worst = max((a.stale for _, a in audited if a.stale is not None), key=_sort_key, default=None)
+            if one:
+                text += f"; its stored u, v are stale (σ̂ {format_percent(worst)} low): reshaped norm "
+            else:
+                have = "has" if stale == 1 else "have"
+                text += f"; {stale} {have} stale u, v (σ̂ up to {format_percent(worst)} low): reshaped norms up to "
+            text += f"{format_number(after)} instead of 1 ({after_name})"
+        return SpectralNormAuditSummary(
+            layers=n,
+            claim=1.0,
+            max_lipschitz=max_audit.lipschitz,
+            max_layer=max_name,
+            not_1_lipschitz=not_1,
+            stale_layers=stale,
+            max_reshaped_after=after,
+            max_reshaped_after_layer=after_name,
+            summary=text,
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON schema (schema_version 1), documented in the README."""
+        """The JSON schema (schema_version 1), documented in the README.
+
+        The per-layer ``audit`` and the top-level ``spectral_norm_audit`` keys are present only when some
+        layer carries an audit (the model came from a spectral_norm / weight_norm checkpoint), so that the
+        JSON of every other model is unchanged.
+        """
         lb = self.lower_bound
+        audited = self.has_audit
+        audit_summary = self.spectral_norm_audit
         return {
             "schema_version": SCHEMA_VERSION,
             "lipcheck_version": self.lipcheck_version,
@@ -153,16 +262,25 @@ class Report:
             "lower_bound_details": asdict(lb) if lb else None,
             "unbounded": [asdict(u) for u in self.unbounded],
             "layers": [
-                asdict(layer)
+                {key: value for key, value in asdict(layer).items() if key != "audit"}
                 | {
                     "fused_with": list(layer.fused_with),
                     "input_shape": list(layer.input_shape),
                     "output_shape": list(layer.output_shape),
                     "power_gap": layer.power_gap,
                 }
+                | ({"audit": asdict(layer.audit) if layer.audit else None} if audited else {})
                 for layer in self.layers
             ],
+            **({"spectral_norm_audit": asdict(audit_summary) if audit_summary else None} if audited else {}),
             "ops": [asdict(o) for o in self.ops],
             "notes": list(self.notes),
             "settings": asdict(self.settings),
         }
+
+
+def _sort_key(value: float | None) -> float:
+    """Order for max(): NaN counts as the largest (a NaN constant is the worst), None as the smallest."""
+    if value is None:
+        return -math.inf
+    return math.inf if math.isnan(value) else value

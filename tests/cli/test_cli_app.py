@@ -81,14 +81,16 @@ def test_options_are_forwarded(fake: Callable[[Any], FakeAnalyze]) -> None:
         app,
         ["analyze", "m.onnx", "--input-shape", "1,4", "--power-iterations", "7", "--tolerance", "1e-4",
          "--seed", "3", "--exact-limit", "99", "--no-lower-bound", "--lower-bound-seconds", "0.5",
-         "--no-progress"],
+         "--no-progress", "--arch", "pkg.mod:make", "--arch-kwargs", '{"width": 2}', "--key", "ema",
+         "--trust-pickle"],
     )
     assert result.exit_code == 0, result.stderr
     [(model, options)] = analyze.calls
     assert model == "m.onnx"
     assert options == {
         "input_shape": (1, 4), "power_iterations": 7, "tolerance": 1e-4, "seed": 3, "exact_limit": 99,
-        "lower_bound": False, "lower_bound_seconds": 0.5, "progress": None,
+        "lower_bound": False, "lower_bound_seconds": 0.5, "progress": None, "trust_pickle": True,
+        "arch": "pkg.mod:make", "arch_kwargs": {"width": 2}, "key": "ema",
     }
 
 
