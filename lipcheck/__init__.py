@@ -16,18 +16,21 @@ if TYPE_CHECKING:
     from lipcheck.report import Report
 
 
-def load(model: Any, input_shape: Any = None) -> Graph:
-    """Load a model file (ONNX) into lipcheck's graph IR with static shapes."""
-    from lipcheck.loaders import load_model
+def load(model: Any, input_shape: Any = None, **torch_options: Any) -> Graph:
+    """Load a model (ONNX or PyTorch file, ModelProto, nn.Module) into lipcheck's graph IR with static shapes.
+    ``torch_options``: trust_pickle, arch, arch_kwargs, key (see :func:`analyze`)."""
+    from lipcheck.loaders import TorchOptions, load_model
 
-    return load_model(model, input_shape=input_shape)
+    return load_model(model, input_shape=input_shape, torch_options=TorchOptions(**torch_options))
 
 
 def analyze(model: Any, input_shape: Any = None, **options: Any) -> Report:
-    """Analyse a model (a path to an ONNX file, or a loaded Graph) and return a frozen Report.
+    """Analyse a model and return a frozen Report.
 
-    ``input_shape``: a shape ``(1, 3, 32, 32)`` for a single input, or a mapping ``{name: shape}``.
-    Options: power_iterations, tolerance, seed, exact_limit, lower_bound, lower_bound_seconds, progress.
+    ``model``: a path to an ONNX or PyTorch file, an ``onnx.ModelProto``, a ``torch.nn.Module`` (ScriptModule,
+    ExportedProgram) or a loaded Graph. ``input_shape``: a shape ``(1, 3, 32, 32)`` for a single input, or a
+    mapping ``{name: shape}``. Options: power_iterations, tolerance, seed, exact_limit, lower_bound,
+    lower_bound_seconds, progress; for PyTorch files trust_pickle, arch, arch_kwargs, key.
     """
     from lipcheck.bound.analysis import analyze as _analyze
 

@@ -128,8 +128,8 @@ def _pickle_globals(path: Path) -> list[str]:
         return []
 
 
-_SAFE_GLOBALS = re.compile(r"^(collections\.OrderedDict|torch\._utils\._rebuild\w*|torch\.\w*Storage|"
-                           r"torch\.(float|int|bool|bfloat|uint|complex)\w*|builtins\.\w+|_codecs\.encode|"
+_SAFE_GLOBALS = re.compile(r"^(collections\.OrderedDict|__builtin__\.\w+|torch\._utils\._rebuild\w*|"
+                           r"torch\.\w*Storage|torch\.(float|int|bool|bfloat|uint|complex)\w*|builtins\.\w+|_codecs\.encode|"
                            r"numpy\.\S+|torch\.Size|torch\.device|torch\.dtype)$")
 
 
@@ -233,14 +233,14 @@ def find_state_dict(obj: Mapping[str, Any], key: str | None, label: str) -> tupl
             raise LoadError(f"{label}: --key {key!r} does not hold a state dict (no tensors under it)")
         return tensors, f"under {key!r}"
     if _is_tensor_dict(obj):
-        return dict(obj), "top level"
+        return dict(obj), "at the top level"
     found = [k for k in STATE_DICT_KEYS if _is_tensor_dict(obj.get(k))]
     found += [k for k, v in obj.items() if k not in found and _is_tensor_dict(v) and _looks_like_weights(v)]
     if len(found) == 1 or (found and found[0] in STATE_DICT_KEYS):
         return dict(obj[found[0]]), f"under {found[0]!r}"
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if tensors and len(tensors) >= len(obj) / 2:
-        return tensors, "top level (non-tensor entries ignored)"
+        return tensors, "at the top level (non-tensor entries ignored)"
     keys = ", ".join(repr(k) for k in list(obj)[:8])
     raise LoadError(f"{label}: a checkpoint without a state dict lipcheck recognises (keys: {keys}); "
                     "pass --key NAME to pick the one that holds the model's weights")
@@ -307,7 +307,7 @@ def _from_state_dict(obj: Mapping[str, Any], path: Path, options: TorchOptions) 
             "pass --arch package.module:factory (or path/to/file.py:factory), a callable that builds the nn.Module"
         )
     module = build_arch(options.arch, options.arch_kwargs)
-    notes = [f"state dict found {where} of the checkpoint, architecture from --arch {options.arch}"]
+    notes = [f"state dict found {where} in the checkpoint, architecture from --arch {options.arch}"]
     load_state(module, state, label, notes)
     return _Loaded(module, f"state dict (--arch {options.arch})", notes=notes)
 
@@ -500,7 +500,7 @@ def load_torch(model: Any, input_shape: InputShapes = None, options: TorchOption
     names, shapes = _shapes(input_shape, loaded, label)
     notes = list(loaded.notes)
     with _eval_mode(loaded.module) as was_training:
-        if was_training:
+        if was_training and loaded.kind in ("live nn.Module", "pickled nn.Module (--trust-pickle)"):
             notes.append("the module was in training mode: analysed in eval mode (BatchNorm running statistics, "
                          "no dropout); its mode is restored afterwards")
         data = export_onnx(loaded.module, names, shapes, label)
