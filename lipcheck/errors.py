@@ -25,3 +25,7 @@ class InvalidWeightsError(LipcheckError):
 
 class UsageError(LipcheckError):
     """An option's value is malformed (e.g. ``--arch-kwargs`` that is not a JSON object)."""
+
+
+class GateFailure(LipcheckError):
+    """lipcheck ran, and the model failed a requirement (a normalize target, a gate): exit code 1."""

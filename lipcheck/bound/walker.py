@@ -9,6 +9,7 @@ Certified gains (σ_upper) and power-iteration gains (σ_power) are composed sid
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from lipcheck.ir.graph import Graph, Node
@@ -30,6 +31,8 @@ class WalkResult:
     layers: list[LayerResult] = field(default_factory=list)
     ops: list[OpResult] = field(default_factory=list)
     unbounded: list[Unbounded] = field(default_factory=list)
+    # node name -> (its bound, the indices of its live inputs): what :func:`compose` re-uses
+    bounds: dict[str, tuple[OpBound, tuple[int, ...]]] = field(default_factory=dict)
 
     def output_bound(self, graph: Graph, env: dict[str, float]) -> float:
         return math.sqrt(sum(env.get(o.name, INF) ** 2 for o in graph.outputs))
@@ -94,6 +97,7 @@ def walk(graph: Graph, settings: Settings, progress: Progress | None = None) -> 
             for o in node.outputs:
                 res.upper[o] = res.estimate[o] = INF
             continue
+        res.bounds[node.name] = (bound, tuple(live))
         est_gains = bound.estimate_gains or bound.gains
         up = _combine([bound.gains[i] * res.upper[node.inputs[i]] for i in live], bound.combine)
         est = _combine([est_gains.get(i, bound.gains[i]) * res.estimate[node.inputs[i]] for i in live], bound.combine)
@@ -130,3 +134,23 @@ def walk(graph: Graph, settings: Settings, progress: Progress | None = None) -> 
             res.ops.append(OpResult(node.name, node.op_type, const, bound.rule, bound.loose))
     progress.finish()
     return res
+
+
+def compose(graph: Graph, result: WalkResult, layer_scale: Mapping[str, float]) -> float:
+    """The certified bound of the model's outputs after multiplying the weights of some layers (node name ->
+    factor >= 0): σ(c·W) = c·σ(W), so each such layer's certified gain scales by its factor and everything
+    else is re-composed exactly as :func:`walk` does, without recomputing any norm. inf when unbounded."""
+    env: dict[str, float] = {i.name: 1.0 if i.is_float else 0.0 for i in graph.inputs}
+    for node in graph.nodes:
+        entry = result.bounds.get(node.name)
+        if entry is None:  # unbounded, or a node that does not depend on the float inputs
+            value = INF if any(u.node == node.name for u in result.unbounded) else 0.0
+        else:
+            bound, live = entry
+            scale = layer_scale.get(node.name, 1.0)
+            gains = [bound.gains[i] * (scale if bound.norms is not None else 1.0) for i in live]
+            value = _combine([g * env.get(node.inputs[i], INF) for g, i in zip(gains, live)], bound.combine)
+        for o in node.outputs:
+            if o:
+                env[o] = value
+    return result.output_bound(graph, env)

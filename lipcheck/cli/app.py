@@ -14,8 +14,9 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Sequence
-from typing import Annotated, NoReturn
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -26,9 +27,12 @@ from lipcheck.report.formats import OutputFormat
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "app", "main", "parse_input_shapes", "parse_shape"]
 
 EXIT_OK = 0
+EXIT_FAILED = 1  # normalize: the written copy missed its target (nothing written)
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 _EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `lipcheck ... | head`
+
+T = TypeVar("T")
 
 InputShapes = dict[str, tuple[int, ...]] | tuple[int, ...]
 
@@ -153,97 +157,141 @@ def _root(
     """Certified Lipschitz bounds of neural networks (ONNX and PyTorch models)."""
 
 
+# ------------------------------------------------------------------------------ options shared by commands
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODEL",
+        help="Model file: ONNX (.onnx) or PyTorch (TorchScript, .pt2, state dict or checkpoint with --arch, "
+        "pickled module with --trust-pickle).",
+        show_default=False,
+    ),
+]
+InputShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input-shape",
+        "-s",
+        metavar="[NAME=]SHAPE",
+        help="Static input shape, e.g. 1,3,32,32; NAME=SHAPE once per input for several inputs.",
+        show_default=False,
+    ),
+]
+PowerIterationsOpt = Annotated[int, typer.Option(min=1, help="Power iterations per layer (the estimate).")]
+ToleranceOpt = Annotated[
+    float, typer.Option(min=0.0, help="Power iteration stops once σ changes by less than this (relative).")
+]
+SeedOpt = Annotated[int, typer.Option(help="Random seed (power iteration starts, lower-bound search).")]
+ExactLimitOpt = Annotated[int, typer.Option(min=0, help="Largest operator size for which σ exact is computed.")]
+NoExactOpt = Annotated[bool, typer.Option("--no-exact", help="Skip σ exact for every layer.")]
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Progress bar on stderr (default: only when stderr is a terminal).",
+        show_default=False,
+    ),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        metavar="MODULE:FACTORY",
+        help="PyTorch state dicts: the callable that builds the nn.Module, as package.module:factory or "
+        "path/to/file.py:factory.",
+        show_default=False,
+    ),
+]
+ArchKwargsOpt = Annotated[
+    str | None,
+    typer.Option("--arch-kwargs", metavar="JSON", help="Keyword arguments for --arch, as a JSON object.",
+                 show_default=False),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--key", help="PyTorch checkpoints: the key that holds the state dict (default: found).",
+                 show_default=False),
+]
+TrustPickleOpt = Annotated[
+    bool, typer.Option("--trust-pickle", help="Allow unpickling a whole PyTorch module: runs code from the file.")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Debug logging and full tracebacks.")]
+
+
+def _run(debug: bool, work: Callable[[], T]) -> T:
+    """Run a command's work: typed errors become one line and exit 2, Ctrl-C exit 130, anything else is a
+    lipcheck bug (one line; the traceback behind --debug)."""
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return work()
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED)
+    except typer.Exit:
+        raise
+    except LipcheckError as exc:
+        if debug:
+            traceback.print_exc()
+        _fail(f"error: {exc}", _exit_code(exc))
+    except Exception as exc:  # anything else is a lipcheck bug
+        if debug:
+            traceback.print_exc()
+            _fail(f"internal error: {type(exc).__name__}: {exc}")
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+
+
+def _exit_code(exc: LipcheckError) -> int:
+    from lipcheck.errors import GateFailure
+
+    return EXIT_FAILED if isinstance(exc, GateFailure) else EXIT_ERROR
+
+
+def _observer(progress: bool | None) -> Any:
+    if progress is False:
+        return None
+    from lipcheck.cli.progress import RichProgress
+
+    return RichProgress(force=bool(progress))
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
 @app.command()
 def analyze(
-    model: Annotated[
-        str,
-        typer.Argument(
-            metavar="MODEL",
-            help="Model file: ONNX (.onnx) or PyTorch (TorchScript, .pt2, state dict or checkpoint with --arch, "
-            "pickled module with --trust-pickle).",
-            show_default=False,
-        ),
-    ],
-    input_shape: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input-shape",
-            "-s",
-            metavar="[NAME=]SHAPE",
-            help="Static input shape, e.g. 1,3,32,32; NAME=SHAPE once per input for several inputs.",
-            show_default=False,
-        ),
-    ] = None,
+    model: ModelArg,
+    input_shape: InputShapeOpt = None,
     output_format: Annotated[
         OutputFormat,
         typer.Option("--format", "-f", case_sensitive=False, help="Output format, written to stdout."),
     ] = OutputFormat.TABLE,
-    power_iterations: Annotated[
-        int, typer.Option(min=1, help="Power iterations per layer (the estimate).")
-    ] = 100,
-    tolerance: Annotated[
-        float, typer.Option(min=0.0, help="Power iteration stops once σ changes by less than this (relative).")
-    ] = 1e-6,
-    seed: Annotated[int, typer.Option(help="Random seed (power iteration starts, lower-bound search).")] = 0,
-    exact_limit: Annotated[
-        int, typer.Option(min=0, help="Largest operator size for which σ exact is computed.")
-    ] = 2_000_000,
-    no_exact: Annotated[bool, typer.Option("--no-exact", help="Skip σ exact for every layer.")] = False,
+    power_iterations: PowerIterationsOpt = 100,
+    tolerance: ToleranceOpt = 1e-6,
+    seed: SeedOpt = 0,
+    exact_limit: ExactLimitOpt = 2_000_000,
+    no_exact: NoExactOpt = False,
     no_lower_bound: Annotated[
         bool, typer.Option("--no-lower-bound", help="Skip the empirical lower bound.")
     ] = False,
     lower_bound_seconds: Annotated[
         float, typer.Option(min=0.0, help="Time budget of the empirical lower bound, in seconds.")
     ] = 5.0,
-    progress: Annotated[
-        bool | None,
-        typer.Option(
-            "--progress/--no-progress",
-            help="Progress bar on stderr (default: only when stderr is a terminal).",
-            show_default=False,
-        ),
-    ] = None,
-    arch: Annotated[
-        str | None,
-        typer.Option(
-            "--arch",
-            metavar="MODULE:FACTORY",
-            help="PyTorch state dicts: the callable that builds the nn.Module, as package.module:factory or "
-            "path/to/file.py:factory.",
-            show_default=False,
-        ),
-    ] = None,
-    arch_kwargs: Annotated[
-        str | None,
-        typer.Option("--arch-kwargs", metavar="JSON", help="Keyword arguments for --arch, as a JSON object.",
-                     show_default=False),
-    ] = None,
-    key: Annotated[
-        str | None,
-        typer.Option("--key", help="PyTorch checkpoints: the key that holds the state dict (default: found).",
-                     show_default=False),
-    ] = None,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option("--trust-pickle", help="Allow unpickling a whole PyTorch module: runs code from the file."),
-    ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Debug logging and full tracebacks.")] = False,
+    progress: ProgressOpt = None,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    key: KeyOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Compute a certified Lipschitz bound (L2) of MODEL, with per-layer spectral norms."""
-    if debug:
-        logging.basicConfig(
-            level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-        )
-    observer = None
-    try:
+
+    def work() -> tuple[Any, str]:
         shapes = parse_input_shapes(input_shape or [])
         kwargs = parse_arch_kwargs(arch_kwargs)
         import lipcheck
 
-        if progress is not False:
-            from lipcheck.cli.progress import RichProgress
-
-            observer = RichProgress(force=bool(progress))
+        observer = _observer(progress)
         try:
             report = lipcheck.analyze(
                 model,
@@ -263,19 +311,9 @@ def analyze(
         finally:
             if observer is not None:
                 observer.finish()
-        text = output_format.render(report)
-    except KeyboardInterrupt:
-        _fail("interrupted", EXIT_INTERRUPTED)
-    except LipcheckError as exc:
-        if debug:
-            traceback.print_exc()
-        _fail(f"error: {exc}")
-    except Exception as exc:  # anything else is a lipcheck bug: one line, the traceback behind --debug
-        if debug:
-            traceback.print_exc()
-            _fail(f"internal error: {type(exc).__name__}: {exc}")
-        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return report, output_format.render(report)
 
+    report, text = _run(debug, work)
     if output_format is OutputFormat.TABLE and sys.stdout.isatty():
         from rich.console import Console
 
@@ -284,6 +322,87 @@ def analyze(
         print_table(report, Console(highlight=False))  # styled; wider than the terminal rather than squeezed
     else:
         _write_stdout(text)
+
+
+class NormalizeFormat(str, Enum):
+    TABLE = "table"
+    JSON = "json"
+
+
+@app.command()
+def normalize(
+    model: ModelArg,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", metavar="OUT", help="Where to write the normalized model (same format as MODEL).",
+                     show_default=False),
+    ] = None,
+    target: Annotated[
+        float, typer.Option(help="Per-layer target: every weighted layer's certified σ ends at most this.")
+    ] = 1.0,
+    exact: Annotated[
+        bool, typer.Option("--exact", help="Scale EVERY layer to the target (W / σ(W) at 1), not only those above.")
+    ] = False,
+    global_target: Annotated[
+        float | None,
+        typer.Option("--global-target", metavar="L", show_default=False,
+                     help="Scale layers by one common factor so the whole model's certified bound is at most L."),
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option("--layers", metavar="NAMES", show_default=False,
+                     help="With --global-target: only scale these layers (comma-separated layer names or params)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
+    in_place: Annotated[
+        bool, typer.Option("--in-place", help="Replace MODEL itself (only after the new copy is verified).")
+    ] = False,
+    output_format: Annotated[
+        NormalizeFormat,
+        typer.Option("--format", "-f", case_sensitive=False, help="Output format, written to stdout."),
+    ] = NormalizeFormat.TABLE,
+    input_shape: InputShapeOpt = None,
+    power_iterations: PowerIterationsOpt = 100,
+    tolerance: ToleranceOpt = 1e-6,
+    seed: SeedOpt = 0,
+    exact_limit: ExactLimitOpt = 2_000_000,
+    no_exact: NoExactOpt = False,
+    progress: ProgressOpt = None,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    key: KeyOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a copy of MODEL with spectrally normalized weights that provably meets a Lipschitz target.
+
+    The copy is analysed again before it is put in place; if its certified numbers miss the target nothing
+    is written and the exit code is 1.
+    """
+
+    def work() -> str:
+        shapes = parse_input_shapes(input_shape or [])
+        kwargs = parse_arch_kwargs(arch_kwargs)
+        from lipcheck.normalize import normalize as run_normalize
+
+        names = [n.strip() for n in layers.split(",") if n.strip()] if layers is not None else None
+        observer = _observer(progress)
+        try:
+            result = run_normalize(
+                model, out, target=target, exact=exact, global_target=global_target, layers=names,
+                dry_run=dry_run, in_place=in_place, input_shape=shapes, power_iterations=power_iterations,
+                tolerance=tolerance, seed=seed, exact_limit=0 if no_exact else exact_limit, progress=observer,
+                trust_pickle=trust_pickle, arch=arch, arch_kwargs=kwargs, key=key,
+            )
+        finally:
+            if observer is not None:
+                observer.finish()
+        from lipcheck.normalize.render import render_normalize_json, render_normalize_table
+
+        return render_normalize_json(result) if output_format is NormalizeFormat.JSON else \
+            render_normalize_table(result)
+
+    _write_stdout(_run(debug, work))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

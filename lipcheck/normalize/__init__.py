@@ -1,0 +1,260 @@
+"""``lipcheck normalize``: write a copy of a model whose weights are spectrally normalized, verified.
+
+Flow: load → canonicalize → walk (certified σ per layer) → :mod:`plan <lipcheck.normalize.plan>` (pure) →
+write the same format (:mod:`onnx_writer <lipcheck.normalize.onnx_writer>`,
+:mod:`torch_writer <lipcheck.normalize.torch_writer>`) into a staging folder next to the output → analyse
+the staged copy again → if it meets the target, move it into place; otherwise nothing is written and
+:class:`VerificationError` says which layer or bound missed. The input file is never modified (unless
+``in_place``, and then only after the verified copy is complete).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lipcheck.errors import GateFailure, UsageError
+from lipcheck.normalize.plan import Plan, PlanError, plan_global, plan_per_layer
+from lipcheck.progress import NullProgress, Progress
+
+__all__ = ["NormalizeResult", "PlanError", "VerificationError", "normalize"]
+
+_TOLERANCE = 1e-9  # the re-analysed certificate may exceed the plan's σ·factor by this much (relative)
+_AGREEMENT = 1e-4  # ... and must agree with it to this (else the writer did not scale what the plan said)
+
+
+class VerificationError(GateFailure):
+    """The written model, analysed again, does not meet the target: nothing was written (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Written:
+    """One weight tensor the writer changed (see the writers' ``WrittenScale``)."""
+
+    param: str
+    tensor: str
+    factor: float
+    tensor_factor: float
+    how: str
+
+
+@dataclass(frozen=True)
+class NormalizeResult:
+    model: str
+    out: str | None  # None for a dry run
+    plan: Plan
+    dry_run: bool
+    written: tuple[Written, ...] = ()
+    sigma_after: Mapping[str, float] = field(default_factory=dict)  # layer name -> re-analysed σ upper
+    bound_after: float | None = None  # the re-analysed certified bound of the written model
+    verified: bool = False
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.plan
+        return {
+            "schema_version": 1,
+            "model": self.model,
+            "out": self.out,
+            "dry_run": self.dry_run,
+            "mode": p.mode,
+            "target": p.target,
+            "bound_before": p.bound_before,
+            "bound_planned": p.bound_after,
+            "bound_after": self.bound_after,
+            "verified": self.verified,
+            "layers": [
+                {
+                    "name": r.name, "op": r.op, "param": r.param, "fused_with": list(r.fused_with),
+                    "sigma_before": r.sigma_before, "factor": r.factor, "sigma_planned": r.sigma_after,
+                    "sigma_after": self.sigma_after.get(r.name), "reason": r.reason,
+                }
+                for r in p.layers
+            ],
+            "written": [w.__dict__ for w in self.written],
+            "notes": list(p.notes) + list(self.notes),
+        }
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _is_torch(path: Path) -> bool:
+    from lipcheck.loaders import _is_torch_file
+
+    return _is_torch_file(path)
+
+
+def _external_data_files(path: Path) -> list[Path]:
+    """The external data files an ONNX model refers to (they must not be overwritten either)."""
+    if _is_torch(path):
+        return []
+    try:
+        import onnx
+        from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable model fails later with the loader's own message
+        return []
+    from lipcheck.loaders.onnx_loader import _all_tensors
+
+    return sorted({(path.parent / ExternalDataInfo(t).location) for t in _all_tensors(model) if uses_external_data(t)})
+
+
+def normalize(
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    target: float = 1.0,
+    exact: bool = False,
+    global_target: float | None = None,
+    layers: Iterable[str] | None = None,
+    dry_run: bool = False,
+    in_place: bool = False,
+    input_shape: Any = None,
+    power_iterations: int = 100,
+    tolerance: float = 1e-6,
+    seed: int = 0,
+    exact_limit: int = 2_000_000,
+    progress: Progress | None = None,
+    trust_pickle: bool = False,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    key: str | None = None,
+) -> NormalizeResult:
+    """Plan, write and verify a spectrally normalized copy of ``model`` (an ONNX or PyTorch file) at ``out``.
+
+    Per layer (default) every weighted layer's certified σ ends ≤ ``target``; ``exact`` scales every layer to
+    ``target``; ``global_target`` scales the (selected, ``layers``) layers by one common factor so that the
+    model's certified bound ends ≤ it. Raises :class:`VerificationError` (nothing written) when the written
+    copy, analysed again, misses; :class:`PlanError` when no scaling can meet the target.
+    """
+    from lipcheck.bound.walker import compose, walk
+    from lipcheck.ir.canonicalize import fold_batchnorm
+    from lipcheck.loaders import TorchOptions, load_model
+    from lipcheck.report.model import Settings
+
+    progress = progress or NullProgress()
+    source = Path(model)
+    if exact and global_target is not None:
+        raise UsageError("--exact and --global-target are two different policies: choose one")
+    if layers is not None and global_target is None:
+        raise UsageError("--layers restricts --global-target; per-layer targets apply to every layer")
+    dest: Path | None = None
+    if not dry_run:
+        if in_place:
+            if out is not None and not _same_file(Path(out), source):
+                raise UsageError("--in-place writes over MODEL itself: drop --out, or drop --in-place")
+            dest = source
+        elif out is None:
+            raise UsageError("normalize needs --out OUT (or --dry-run to only print the plan, or --in-place)")
+        else:
+            dest = Path(out)
+            protected = [source, *_external_data_files(source)] if source.exists() else [source]
+            if any(_same_file(dest, p) for p in protected):
+                raise UsageError(f"--out {dest} is the input model (or one of its data files): refusing to "
+                                 "overwrite it; pass --in-place to replace the input deliberately")
+            if dest.is_dir():
+                raise UsageError(f"--out {dest} is a directory: give the output file's path")
+            if not dest.parent.exists():
+                raise UsageError(f"--out {dest}: folder {dest.parent} does not exist")
+
+    options = TorchOptions(trust_pickle=trust_pickle, arch=arch, arch_kwargs=arch_kwargs, key=key)
+    settings = Settings(power_iterations=power_iterations, tolerance=tolerance, seed=seed, exact_limit=exact_limit,
+                        lower_bound=False, lower_bound_seconds=0.0)
+    graph = fold_batchnorm(load_model(str(source), input_shape=input_shape, torch_options=options))
+    walked = walk(graph, settings, progress)
+
+    def bound(scales: dict[str, float]) -> float:
+        return compose(graph, walked, scales)
+
+    before = bound({})
+    if global_target is not None:
+        plan = plan_global(walked.layers, global_target, bound, only=layers)
+    else:
+        plan = plan_per_layer(walked.layers, target, exact=exact, bound=bound,
+                              bound_before=None if math.isinf(before) else before)
+    if dry_run or dest is None:
+        progress.finish()
+        return NormalizeResult(model=str(model), out=None, plan=plan, dry_run=True)
+    notes: tuple[str, ...] = ()
+    if not plan.factors:
+        notes = ("every layer already meets the target: the output is a copy with unchanged weights",)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.lipcheck-", dir=dest.parent))
+    try:
+        staged = staging / dest.name
+        progress.start(0, "writing")
+        written = _write(source, staged, plan.factors, options)
+        progress.start(0, "verifying the written model")
+        result = _verify(staged, plan, settings, input_shape, options, global_target, target)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, dest.parent / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        progress.finish()
+    sigma_after, bound_after = result
+    return NormalizeResult(
+        model=str(model), out=str(dest), plan=plan, dry_run=False, written=tuple(written),
+        sigma_after=sigma_after, bound_after=bound_after, verified=True, notes=notes,
+    )
+
+
+def _write(source: Path, staged: Path, factors: Mapping[str, float], options: Any) -> list[Written]:
+    if _is_torch(source):
+        from lipcheck.normalize.torch_writer import write_scaled_torch
+
+        raw: Sequence[Any] = write_scaled_torch(source, staged, factors, options)
+    else:
+        from lipcheck.normalize.onnx_writer import write_scaled_onnx
+
+        raw = write_scaled_onnx(source, staged, factors)
+    return [Written(w.param, w.tensor, w.factor, w.tensor_factor, w.how) for w in raw]
+
+
+def _verify(
+    staged: Path,
+    plan: Plan,
+    settings: Any,
+    input_shape: Any,
+    options: Any,
+    global_target: float | None,
+    target: float,
+) -> tuple[dict[str, float], float | None]:
+    """Analyse the written copy: every layer as planned, and the target met; else VerificationError."""
+    from lipcheck.bound.analysis import analyze
+
+    report = analyze(
+        staged, input_shape=input_shape, power_iterations=settings.power_iterations, tolerance=settings.tolerance,
+        seed=settings.seed, exact_limit=settings.exact_limit, lower_bound=False, trust_pickle=options.trust_pickle,
+        arch=options.arch, arch_kwargs=dict(options.arch_kwargs) if options.arch_kwargs else None, key=options.key,
+    )
+    after = {layer.name: layer.sigma_upper for layer in report.layers}
+    problems = []
+    for row in plan.layers:
+        got = after.get(row.name)
+        if got is None:
+            problems.append(f"layer {row.name} is missing from the written model")
+            continue
+        if abs(got - row.sigma_after) > _AGREEMENT * max(row.sigma_after, 1e-300):
+            problems.append(f"{row.name}: certified σ {got:.6g} after writing, {row.sigma_after:.6g} planned")
+        if global_target is None and row.param is not None and got > target * (1 + _TOLERANCE):
+            problems.append(f"{row.name}: certified σ {got:.6g} is above the target {target:g}")
+    if global_target is not None and (report.upper_bound is None or report.upper_bound > global_target):
+        shown = "unbounded" if report.upper_bound is None else f"{report.upper_bound:.6g}"
+        problems.append(f"the certified bound {shown} is above the global target {global_target:g}")
+    if problems:
+        raise VerificationError("the written model does not meet the target, nothing was written: "
+                                + "; ".join(problems[:3]) + (f"; ... ({len(problems)} in all)" if len(problems) > 3
+                                                             else ""))
+    return after, report.upper_bound
