@@ -29,3 +29,7 @@ class UsageError(LipcheckError):
 
 class GateFailure(LipcheckError):
     """lipcheck ran, and the model failed a requirement (a normalize target, a gate): exit code 1."""
+
+
+class MissingExtraError(LipcheckError):
+    """An optional dependency is not installed (e.g. matplotlib for ``--plot``: ``pip install 'lipcheck[plot]'``)."""

@@ -262,15 +262,18 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
     if to_eval:
         constants.update(_evaluate_constants(model, fold_nodes, to_eval, label))
     sizes: dict[str, int] = {n: int(np.asarray(v).size) for n, v in stored.items()}
+    ranks: dict[str, int] = {n: int(np.asarray(v).ndim) for n, v in stored.items()}
     for node in fold_nodes:
         if node.op_type == "Constant":
             for o in node.output:
                 sizes[o] = int(np.asarray(constants.get(o, 0)).size) if o in constants else 1
+                ranks[o] = int(np.asarray(constants.get(o, 0)).ndim) if o in constants else 0
     param_names: dict[str, str] = {}
     for n in needed:
         anc = origins.get(n, set())
         if anc:
-            param_names[n] = max(sorted(anc), key=lambda a: sizes.get(a, 0))
+            # the largest stored tensor; ties by rank (a spectral norm's W over its equally long vector v), then name
+            param_names[n] = max(sorted(anc), key=lambda a: (sizes.get(a, 0), ranks.get(a, 0)))
 
     # 4. live nodes
     nodes: list[Node] = []

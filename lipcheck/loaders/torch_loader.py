@@ -157,6 +157,21 @@ def _load_file(path: Path, options: TorchOptions) -> _Loaded:
         if kind != "pickle":
             raise LoadError(f"{path}: not a PyTorch file (expected a TorchScript archive, a torch.export .pt2 "
                             "program, or a torch.save checkpoint)")
+    obj = read_torch_save(path, options)
+    if isinstance(obj, nn.Module):
+        return _Loaded(obj, "pickled nn.Module (--trust-pickle)")
+    if isinstance(obj, Mapping):
+        return _from_state_dict(obj, path, options)
+    raise LoadError(f"{path}: a torch.save file holding a {type(obj).__module__}.{type(obj).__name__}, neither "
+                    "a module nor a state dict: lipcheck does not know what model it describes")
+
+
+def read_torch_save(path: Path, options: TorchOptions) -> Any:
+    """The object a ``torch.save`` file holds (a state dict, a checkpoint, a module, ...): loaded with
+    ``weights_only=True``; a file that needs full unpickling only with ``options.trust_pickle``, else a
+    :class:`LoadError` that says so and names the classes the pickle refers to."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - an UnpicklingError for anything but tensors and containers
@@ -175,12 +190,7 @@ def _load_file(path: Path, options: TorchOptions) -> _Loaded:
                     "trust its source (or save model.state_dict() and pass --arch)"
                 ) from None
             obj = _unpickle_trusted(path)
-    if isinstance(obj, nn.Module):
-        return _Loaded(obj, "pickled nn.Module (--trust-pickle)")
-    if isinstance(obj, Mapping):
-        return _from_state_dict(obj, path, options)
-    raise LoadError(f"{path}: a torch.save file holding a {type(obj).__module__}.{type(obj).__name__}, neither "
-                    "a module nor a state dict: lipcheck does not know what model it describes")
+    return obj
 
 
 def _is_unsafe_pickle_error(exc: BaseException) -> bool:
@@ -221,26 +231,36 @@ def _is_tensor_dict(obj: Any) -> bool:
 
 def find_state_dict(obj: Mapping[str, Any], key: str | None, label: str) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict inside a checkpoint and where it was found (``key`` picks; dotted paths allowed)."""
+    path, where = locate_state_dict(obj, key, label)
+    node: Any = obj
+    for part in path:
+        node = node[part]
+    return {k: v for k, v in node.items() if isinstance(v, torch.Tensor)}, where
+
+
+def locate_state_dict(obj: Mapping[str, Any], key: str | None, label: str) -> tuple[tuple[Any, ...], str]:
+    """Where the state dict sits in a checkpoint: the keys that lead from ``obj`` to the mapping that holds it
+    (``()``: ``obj`` itself; its non-tensor entries are not part of it) and a description for notes."""
     if key is not None:
         node: Any = obj
-        for part in ([key] if key in obj else key.split(".")):
+        path = (key,) if key in obj else tuple(key.split("."))
+        for part in path:
             if not isinstance(node, Mapping) or part not in node:
                 keys = ", ".join(repr(k) for k in list(obj)[:8])
                 raise LoadError(f"{label}: --key {key!r} not found in the checkpoint (its keys: {keys})")
             node = node[part]
-        tensors = {k: v for k, v in node.items() if isinstance(v, torch.Tensor)} if isinstance(node, Mapping) else {}
-        if not tensors:
+        if not isinstance(node, Mapping) or not any(isinstance(v, torch.Tensor) for v in node.values()):
             raise LoadError(f"{label}: --key {key!r} does not hold a state dict (no tensors under it)")
-        return tensors, f"under {key!r}"
+        return path, f"under {key!r}"
     if _is_tensor_dict(obj):
-        return dict(obj), "at the top level"
+        return (), "at the top level"
     found = [k for k in STATE_DICT_KEYS if _is_tensor_dict(obj.get(k))]
     found += [k for k, v in obj.items() if k not in found and _is_tensor_dict(v) and _looks_like_weights(v)]
     if len(found) == 1 or (found and found[0] in STATE_DICT_KEYS):
-        return dict(obj[found[0]]), f"under {found[0]!r}"
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        return (found[0],), f"under {found[0]!r}"
+    tensors = [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
     if tensors and len(tensors) >= len(obj) / 2:
-        return tensors, "at the top level (non-tensor entries ignored)"
+        return (), "at the top level (non-tensor entries ignored)"
     keys = ", ".join(repr(k) for k in list(obj)[:8])
     raise LoadError(f"{label}: a checkpoint without a state dict lipcheck recognises (keys: {keys}); "
                     "pass --key NAME to pick the one that holds the model's weights")
@@ -462,7 +482,7 @@ def _parametrization_dims(module: nn.Module) -> dict[str, int]:
     dims: dict[str, int] = {}
     for name, m in module.named_modules():
         plist = getattr(getattr(m, "parametrizations", None), "weight", None)
-        for p in plist or ():
+        for p in plist.children() if plist is not None else ():  # children(): ScriptModules cannot iterate
             if hasattr(p, "dim") and isinstance(p.dim, int):
                 dims[name] = p.dim
         for hook in getattr(m, "_forward_pre_hooks", {}).values():

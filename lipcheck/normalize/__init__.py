@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lipcheck.errors import GateFailure, UsageError
-from lipcheck.normalize.plan import Plan, PlanError, plan_global, plan_per_layer
+from lipcheck.normalize.plan import HALF_SAFETY, SAFETY, Plan, PlanError, plan_global, plan_per_layer
 from lipcheck.progress import NullProgress, Progress
 
 __all__ = ["NormalizeResult", "PlanError", "VerificationError", "normalize"]
@@ -161,7 +161,10 @@ def normalize(
         else:
             dest = Path(out)
             protected = [source, *_external_data_files(source)] if source.exists() else [source]
-            if any(_same_file(dest, p) for p in protected):
+            # the output's own external data goes to <OUT>.data (.data.<k>): never onto the source's files
+            outputs = [dest, dest.with_name(dest.name + ".data")]
+            outputs += [dest.with_name(f"{dest.name}.data.{k}") for k in range(len(protected))]
+            if any(_same_file(w, p) for w in outputs for p in protected):
                 raise UsageError(f"--out {dest} is the input model (or one of its data files): refusing to "
                                  "overwrite it; pass --in-place to replace the input deliberately")
             if dest.is_dir():
@@ -179,11 +182,13 @@ def normalize(
         return compose(graph, walked, scales)
 
     before = bound({})
+    dtypes = {str(getattr(v, "dtype", "")) for v in graph.constants.values()}
+    safety = max([SAFETY, *(HALF_SAFETY[d] for d in dtypes if d in HALF_SAFETY)])
     if global_target is not None:
-        plan = plan_global(walked.layers, global_target, bound, only=layers)
+        plan = plan_global(walked.layers, global_target, bound, only=layers, safety=safety)
     else:
         plan = plan_per_layer(walked.layers, target, exact=exact, bound=bound,
-                              bound_before=None if math.isinf(before) else before)
+                              bound_before=None if math.isinf(before) else before, safety=safety)
     if dry_run or dest is None:
         progress.finish()
         return NormalizeResult(model=str(model), out=None, plan=plan, dry_run=True)

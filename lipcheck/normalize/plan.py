@@ -2,8 +2,8 @@
 
 Every factor is computed from the layer's CERTIFIED σ (``sigma_upper``, the operator norm on the layer's real
 input, a conv's included), never from the reshaped kernel or a power estimate, so a normalized layer really
-is ≤ its target. Factors aim ``SAFETY`` below the target, so that rounding the rescaled weights back to
-float32 cannot lift the re-analysed certificate above it.
+is ≤ its target. Factors aim ``SAFETY`` below the target (``HALF_SAFETY`` for float16 / bfloat16 weights), so
+that rounding the rescaled weights back to their dtype cannot lift the re-analysed certificate above it.
 
 Policies:
 
@@ -28,6 +28,8 @@ from lipcheck.errors import LipcheckError
 from lipcheck.report.model import LayerResult
 
 SAFETY = 1e-5  # factors aim this far (relative) below the target: float32 rounding of the written weights
+# half-precision weights round far more coarsely (relative steps of 2^-11 and 2^-8): aim further below
+HALF_SAFETY = {"float16": 2e-3, "bfloat16": 1.6e-2}
 _BISECTION_STEPS = 200
 
 
@@ -99,12 +101,13 @@ def plan_per_layer(
     exact: bool = False,
     bound: Callable[[dict[str, float]], float] | None = None,
     bound_before: float | None = None,
+    safety: float = SAFETY,
 ) -> Plan:
     """Per-layer targets: every weighted layer's certified σ ends ≤ ``target`` (``exact``: = target).
     ``bound(layer name -> factor)`` re-composes the model's bound for the report's prediction."""
     if not target > 0 or not math.isfinite(target):
         raise PlanError(f"--target must be a positive number, got {target}")
-    aim = target * (1 - SAFETY)
+    aim = target * (1 - safety)
     rows = []
     for layer in layers:
         s = layer.sigma_upper
@@ -127,6 +130,7 @@ def plan_global(
     bound: Callable[[dict[str, float]], float],
     *,
     only: Iterable[str] | None = None,
+    safety: float = SAFETY,
 ) -> Plan:
     """One common factor c for the selected layers (names or params in ``only``; default every weighted
     layer), the largest with bound(c) ≤ target."""
@@ -145,7 +149,7 @@ def plan_global(
             raise PlanError(f"--layers names no analysed layer: {', '.join(sorted(unknown))}")
     if not selected:
         raise PlanError("no weighted layer to scale")
-    aim = target * (1 - SAFETY)
+    aim = target * (1 - safety)
     names = [layer.name for layer in selected]
 
     def at(c: float) -> float:
