@@ -29,6 +29,16 @@ class TorchOptions:
     key: str | None = None
 
 
+def check_model_file(path: Path) -> None:
+    """One clear :class:`LoadError` for a path that cannot be a model: missing, a directory, or empty."""
+    if not path.exists():
+        raise LoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise LoadError(f"{path}: is a directory, not a model file")
+    if path.stat().st_size == 0:
+        raise LoadError(f"{path}: file is empty")
+
+
 def load_model(model: Any, input_shape: Any = None, torch_options: TorchOptions | None = None) -> Graph:
     """Load a model given as a path (ONNX or PyTorch file), an ``onnx.ModelProto``, a PyTorch module / program,
     or an already loaded :class:`Graph`. ``torch_options``: a :class:`~lipcheck.loaders.torch_loader.TorchOptions`

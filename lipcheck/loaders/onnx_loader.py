@@ -23,6 +23,7 @@ from onnx import helper, numpy_helper
 
 from lipcheck.errors import InputShapeError, InvalidWeightsError, LoadError
 from lipcheck.ir.graph import Graph, Node, TensorInfo
+from lipcheck.loaders import check_model_file
 
 InputShapes = Sequence[int] | Mapping[str, Sequence[int]] | None
 
@@ -41,12 +42,7 @@ def _dtype_name(elem_type: int) -> str:
 def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Read an ONNX file and its external data; every failure is a one-line :class:`LoadError`."""
     p = Path(path)
-    if not p.exists():
-        raise LoadError(f"{p}: no such file")
-    if p.is_dir():
-        raise LoadError(f"{p}: is a directory, not a model file")
-    if p.stat().st_size == 0:
-        raise LoadError(f"{p}: file is empty")
+    check_model_file(p)
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends

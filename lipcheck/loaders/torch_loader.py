@@ -44,7 +44,7 @@ from torch import nn
 
 from lipcheck.errors import InputShapeError, LoadError, UnsupportedModelError
 from lipcheck.ir.graph import Graph
-from lipcheck.loaders import TorchOptions
+from lipcheck.loaders import TorchOptions, check_model_file
 
 OPSET = 17
 TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".ckpt", ".bin", ".tar", ".pkl", ".jit", ".ts")
@@ -70,12 +70,7 @@ class _Loaded:
 def sniff(path: Path) -> str:
     """The kind of a file, from its bytes, executing nothing: "torchscript", "export", "pickle" (a torch.save
     zip or legacy pickle), "onnx-or-other" (anything else), with clear errors for missing/empty files."""
-    if not path.exists():
-        raise LoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise LoadError(f"{path}: is a directory, not a model file")
-    if path.stat().st_size == 0:
-        raise LoadError(f"{path}: file is empty")
+    check_model_file(path)
     with path.open("rb") as f:
         head = f.read(4)
     if head.startswith(b"PK\x03\x04"):

@@ -38,6 +38,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lipcheck.errors import InvalidWeightsError, LoadError, UnsupportedModelError, UsageError
+from lipcheck.loaders import check_model_file
 from lipcheck.loaders.onnx_loader import _NONDETERMINISTIC, _evaluate_constants
 from lipcheck.normalize.atomic import atomic_outputs
 
@@ -336,12 +337,7 @@ def _nbytes(t: TensorProto) -> int:
 def _read_source(path: Path) -> _Source:
     """The model without its external data, with every external reference checked (inside the model's folder,
     file present), as onnx_loader.read_model checks them."""
-    if not path.exists():
-        raise LoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise LoadError(f"{path}: is a directory, not a model file")
-    if path.stat().st_size == 0:
-        raise LoadError(f"{path}: file is empty")
+    check_model_file(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
