@@ -1,8 +1,8 @@
 """The ``lipcheck`` command line: the only place that knows Typer, exit codes, and stdout vs stderr.
 
 Exit codes: 0 a report was produced (an unbounded model included), 2 lipcheck could not run (bad
-arguments, unreadable model, internal error), 130 interrupted. (1 is reserved for a future gate, e.g.
-``--fail-above``.)
+arguments, unreadable model, internal error), 130 interrupted. 1: a gate failed (``check``, ``analyze`` with a
+threshold, ``diff --max-increase``; ``--exit-zero`` turns it into 0) or normalize missed its target.
 
 Heavy libraries (torch, onnx, onnxruntime, numpy, scipy) are imported inside the command only, so that
 ``lipcheck --help`` stays fast; ``tests/cli/test_imports.py`` checks it.
@@ -16,13 +16,19 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from lipcheck import __version__
 from lipcheck.errors import InputShapeError, LipcheckError, UsageError
+from lipcheck.report.ci_formats import CheckFormat
+from lipcheck.report.diff_formats import DiffFormat
 from lipcheck.report.formats import OutputFormat
+
+if TYPE_CHECKING:
+    from lipcheck.gate.baseline import Snapshot
+    from lipcheck.gate.run import CheckRun, Target
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "app", "main", "parse_input_shapes", "parse_shape"]
 
@@ -219,6 +225,38 @@ TrustPickleOpt = Annotated[
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Debug logging and full tracebacks.")]
 
 
+# ---------------------------------------------------------------------------- gate options (check, analyze)
+
+_GATE_PANEL = "Gate"
+_OUTPUT_PANEL = "Output"
+_ANALYSIS_PANEL = "Analysis"
+_TORCH_PANEL = "PyTorch files"
+_MAX_LIPSCHITZ_HELP = "Fail when the certified upper bound, rounded as printed (4 significant digits), is above X."
+_MAX_LAYER_SIGMA_HELP = "Fail when a layer's certified σ (σ upper, rounded as printed) is above Y."
+_ALLOW_UNCERTIFIED_HELP = "Do not fail when the bound is unbounded (no certificate): warn instead."
+_PLOT_HELP = ("Draw per-layer σ and the bound along depth to FILE (.png, .svg or .pdf); needs "
+              "pip install 'lipcheck\\[plot]'.")
+_EXIT_ZERO_HELP = "Exit 0 when the gate fails (still 2 when lipcheck cannot run)."
+
+MaxLipschitzOpt = Annotated[
+    float | None,
+    typer.Option("--max-lipschitz", metavar="X", min=0.0, show_default=False, help=_MAX_LIPSCHITZ_HELP,
+                 rich_help_panel=_GATE_PANEL),
+]
+MaxLayerSigmaOpt = Annotated[
+    float | None,
+    typer.Option("--max-layer-sigma", metavar="Y", min=0.0, show_default=False, help=_MAX_LAYER_SIGMA_HELP,
+                 rich_help_panel=_GATE_PANEL),
+]
+AllowUncertifiedOpt = Annotated[
+    bool, typer.Option("--allow-uncertified", help=_ALLOW_UNCERTIFIED_HELP, rich_help_panel=_GATE_PANEL)
+]
+ExitZeroOpt = Annotated[bool, typer.Option("--exit-zero", help=_EXIT_ZERO_HELP, rich_help_panel=_GATE_PANEL)]
+PlotOpt = Annotated[
+    str | None, typer.Option("--plot", metavar="FILE", show_default=False, help=_PLOT_HELP)
+]
+
+
 def _run(debug: bool, work: Callable[[], T]) -> T:
     """Run a command's work: typed errors become one line and exit 2, Ctrl-C exit 130, anything else is a
     lipcheck bug (one line; the traceback behind --debug)."""
@@ -283,12 +321,26 @@ def analyze(
     key: KeyOpt = None,
     trust_pickle: TrustPickleOpt = False,
     debug: DebugOpt = False,
+    plot: PlotOpt = None,
+    max_lipschitz: MaxLipschitzOpt = None,
+    max_layer_sigma: MaxLayerSigmaOpt = None,
+    allow_uncertified: AllowUncertifiedOpt = False,
+    exit_zero: ExitZeroOpt = False,
 ) -> None:
-    """Compute a certified Lipschitz bound (L2) of MODEL, with per-layer spectral norms."""
+    """Compute a certified Lipschitz bound (L2) of MODEL, with per-layer spectral norms.
+
+    With --max-lipschitz / --max-layer-sigma it is also a gate (exit 1 when the model fails; see lipcheck check).
+    """
+    from lipcheck.gate.decision import Thresholds
+
+    thresholds = Thresholds(max_lipschitz=max_lipschitz, max_layer_sigma=max_layer_sigma,
+                            allow_uncertified=allow_uncertified)
 
     def work() -> tuple[Any, str]:
         shapes = parse_input_shapes(input_shape or [])
         kwargs = parse_arch_kwargs(arch_kwargs)
+        if plot is not None:
+            _require_plot(plot)
         import lipcheck
 
         observer = _observer(progress)
@@ -311,6 +363,10 @@ def analyze(
         finally:
             if observer is not None:
                 observer.finish()
+        if plot is not None:
+            from lipcheck.report.plot import save_plot
+
+            save_plot(report, plot, max_lipschitz=max_lipschitz, max_layer_sigma=max_layer_sigma)
         return report, output_format.render(report)
 
     report, text = _run(debug, work)
@@ -322,6 +378,8 @@ def analyze(
         print_table(report, Console(highlight=False))  # styled; wider than the terminal rather than squeezed
     else:
         _write_stdout(text)
+    if thresholds.any:
+        _gate_single_report(report, model, thresholds, exit_zero)
 
 
 class NormalizeFormat(str, Enum):
@@ -403,6 +461,372 @@ def normalize(
             render_normalize_table(result)
 
     _write_stdout(_run(debug, work))
+
+
+# ------------------------------------------------------------------------------------- check (the CI gate)
+
+
+def _require_plot(path: str) -> None:
+    """Before any analysis: the plot's file type, and matplotlib (exit 2 with the install hint)."""
+    from lipcheck.report.plot import check_plot_path, require_matplotlib
+
+    check_plot_path(path)
+    require_matplotlib()
+
+
+def _write_stderr(lines: Sequence[str]) -> None:
+    try:
+        sys.stderr.write("".join(line + "\n" for line in lines))
+        sys.stderr.flush()
+    except BrokenPipeError:  # pragma: no cover - nobody is listening
+        pass
+
+
+def _gate_single_report(report: Any, model: str, thresholds: Any, exit_zero: bool) -> None:
+    """``lipcheck analyze`` with thresholds: the verdict on stderr, exit 1 when it fails (0 with --exit-zero)."""
+    from lipcheck.gate.decision import evaluate
+    from lipcheck.gate.run import AnalysisOptions, CheckRun, ModelCheck, Target
+    from lipcheck.report.ci_formats import summary_lines
+
+    verdict = evaluate(report, thresholds)
+    target = Target(path=model, name=model, input_shape=None, thresholds=thresholds, baseline=None, plot=None,
+                    analysis=AnalysisOptions())
+    lines = summary_lines(CheckRun((ModelCheck(target, report, verdict, 0.0),)), command="analyze")
+    if not verdict.passed and exit_zero:
+        lines[-1] += " (exit code 0: --exit-zero)"
+    _write_stderr(lines)
+    if not verdict.passed and not exit_zero:
+        raise typer.Exit(EXIT_FAILED)
+
+
+CheckModelsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="MODEL",
+        help="Model files to check (ONNX or PyTorch). Default: every model in the configuration "
+        "(\\[tool.lipcheck] in pyproject.toml, or lipcheck.toml).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def check(
+    models: CheckModelsArg = None,
+    max_lipschitz: Annotated[
+        float | None,
+        typer.Option("--max-lipschitz", metavar="X", min=0.0, show_default=False, envvar="LIPCHECK_MAX_LIPSCHITZ",
+                     help=_MAX_LIPSCHITZ_HELP, rich_help_panel=_GATE_PANEL),
+    ] = None,
+    max_layer_sigma: Annotated[
+        float | None,
+        typer.Option("--max-layer-sigma", metavar="Y", min=0.0, show_default=False,
+                     envvar="LIPCHECK_MAX_LAYER_SIGMA", help=_MAX_LAYER_SIGMA_HELP, rich_help_panel=_GATE_PANEL),
+    ] = None,
+    allow_uncertified: Annotated[
+        bool,
+        typer.Option("--allow-uncertified", envvar="LIPCHECK_ALLOW_UNCERTIFIED", help=_ALLOW_UNCERTIFIED_HELP,
+                     rich_help_panel=_GATE_PANEL),
+    ] = False,
+    baseline: Annotated[
+        str | None,
+        typer.Option("--baseline", metavar="FILE", show_default=False, envvar="LIPCHECK_BASELINE",
+                     help="A saved JSON report (lipcheck analyze/check --format json): fail when the certified "
+                     "bound grew by more than --max-increase, and list the layers that grew.",
+                     rich_help_panel=_GATE_PANEL),
+    ] = None,
+    max_increase: Annotated[
+        float | None,
+        typer.Option("--max-increase", metavar="PCT", min=0.0, show_default=False, envvar="LIPCHECK_MAX_INCREASE",
+                     help="Largest allowed growth of the certified bound over the baseline, in percent "
+                     "(default 0: any growth of the printed bound fails).", rich_help_panel=_GATE_PANEL),
+    ] = None,
+    update_baseline: Annotated[
+        bool,
+        typer.Option("--update-baseline", help="Write this run's report as the baseline (the comparison is shown "
+                     "but does not gate).", rich_help_panel=_GATE_PANEL),
+    ] = False,
+    exit_zero: Annotated[
+        bool, typer.Option("--exit-zero", envvar="LIPCHECK_EXIT_ZERO", help=_EXIT_ZERO_HELP,
+                           rich_help_panel=_GATE_PANEL),
+    ] = False,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", metavar="FILE", show_default=False, envvar="LIPCHECK_CONFIG",
+                     help="Configuration file (default: the nearest lipcheck.toml, or pyproject.toml with "
+                     "\\[tool.lipcheck], from the current folder up).", rich_help_panel=_GATE_PANEL),
+    ] = None,
+    output_format: Annotated[
+        CheckFormat,
+        typer.Option("--format", "-f", metavar="FORMAT", case_sensitive=False, envvar="LIPCHECK_FORMAT",
+                     help="table, json, markdown, github (workflow annotations) or junit (JUnit XML); written "
+                     "to stdout, or to --output.", rich_help_panel=_OUTPUT_PANEL),
+    ] = CheckFormat.TABLE,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", metavar="FILE", show_default=False, envvar="LIPCHECK_OUTPUT",
+                     help="Write the report to FILE instead of stdout, only when the run completes (exit 0 or 1).",
+                     rich_help_panel=_OUTPUT_PANEL),
+    ] = None,
+    plot: Annotated[
+        str | None,
+        typer.Option("--plot", metavar="FILE", show_default=False,
+                     help=_PLOT_HELP + " Several models: FILE-<model>.png.", rich_help_panel=_OUTPUT_PANEL),
+    ] = None,
+    step_summary: Annotated[
+        bool | None,
+        typer.Option("--step-summary/--no-step-summary", envvar="LIPCHECK_STEP_SUMMARY", show_default=False,
+                     help="Append the markdown report to $GITHUB_STEP_SUMMARY (default: with --format github "
+                     "when that variable is set).", rich_help_panel=_OUTPUT_PANEL),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No summary on stderr (errors are still printed).",
+                           rich_help_panel=_OUTPUT_PANEL),
+    ] = False,
+    progress: ProgressOpt = None,
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option("--input-shape", "-s", metavar="[NAME=]SHAPE", show_default=False,
+                     help="Static input shape, e.g. 1,3,32,32; NAME=SHAPE once per input for several inputs.",
+                     rich_help_panel=_ANALYSIS_PANEL),
+    ] = None,
+    lower_bound: Annotated[
+        bool | None,
+        typer.Option("--lower-bound/--no-lower-bound", show_default=False,
+                     help="Also measure the empirical lower bound (off by default: the gate is on the certified "
+                     "bound, and the lower bound costs seconds per model).", rich_help_panel=_ANALYSIS_PANEL),
+    ] = None,
+    lower_bound_seconds: Annotated[
+        float | None,
+        typer.Option(min=0.0, show_default=False, help="Time budget of the lower bound, in seconds (default 5).",
+                     rich_help_panel=_ANALYSIS_PANEL),
+    ] = None,
+    power_iterations: Annotated[
+        int | None,
+        typer.Option(min=1, show_default=False, help="Power iterations per layer (default 100).",
+                     rich_help_panel=_ANALYSIS_PANEL),
+    ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(min=0.0, show_default=False, help="Power-iteration tolerance, relative (default 1e-6).",
+                     rich_help_panel=_ANALYSIS_PANEL),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(show_default=False, help="Random seed (default 0).", rich_help_panel=_ANALYSIS_PANEL),
+    ] = None,
+    exact_limit: Annotated[
+        int | None,
+        typer.Option(min=0, show_default=False, help="Largest operator size for σ exact (default 2000000).",
+                     rich_help_panel=_ANALYSIS_PANEL),
+    ] = None,
+    no_exact: Annotated[
+        bool, typer.Option("--no-exact", help="Skip σ exact for every layer.", rich_help_panel=_ANALYSIS_PANEL)
+    ] = False,
+    arch: Annotated[
+        str | None,
+        typer.Option("--arch", metavar="MODULE:FACTORY", show_default=False, rich_help_panel=_TORCH_PANEL,
+                     help="State dicts: the callable that builds the nn.Module (package.module:factory or "
+                     "path/to/file.py:factory)."),
+    ] = None,
+    arch_kwargs: Annotated[
+        str | None,
+        typer.Option("--arch-kwargs", metavar="JSON", show_default=False, rich_help_panel=_TORCH_PANEL,
+                     help="Keyword arguments for --arch, as a JSON object."),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", show_default=False, rich_help_panel=_TORCH_PANEL,
+                     help="Checkpoints: the key that holds the state dict (default: found)."),
+    ] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", rich_help_panel=_TORCH_PANEL,
+                           help="Allow unpickling a whole module: runs code from the file."),
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """CI gate: exit 1 when a certified Lipschitz bound or layer σ is above its threshold, or grew.
+
+    Fails when the certified upper bound is above --max-lipschitz, a layer's certified σ above
+    --max-layer-sigma, the bound is unbounded (unless --allow-uncertified), or the bound grew over
+    --baseline by more than --max-increase. Numbers are compared as printed (4 significant digits).
+
+    Models and thresholds come from \\[tool.lipcheck] in pyproject.toml, or lipcheck.toml;
+    flags and LIPCHECK_* environment variables override them.
+    Exit codes: 0 passed, 1 gate failed, 2 could not run (--exit-zero turns 1 into 0, never 2).
+    The summary goes to stderr; the report (--format) to stdout, or to --output.
+    The empirical lower bound is off unless --lower-bound.
+    """
+    from lipcheck.gate.config import ModelOptions
+
+    def prepare() -> tuple[list[Target], dict[str, Snapshot | None]]:
+        from lipcheck.gate.config import load_config
+        from lipcheck.gate.run import check_targets, load_baselines, resolve_targets
+
+        flags = ModelOptions(
+            input_shape=parse_input_shapes(input_shape or []),
+            max_lipschitz=max_lipschitz,
+            max_layer_sigma=max_layer_sigma,
+            allow_uncertified=True if allow_uncertified else None,
+            baseline=baseline,
+            max_increase=max_increase,
+            plot=plot,
+            power_iterations=power_iterations,
+            tolerance=tolerance,
+            seed=seed,
+            exact_limit=exact_limit,
+            exact=False if no_exact else None,
+            lower_bound=lower_bound,
+            lower_bound_seconds=lower_bound_seconds,
+            arch=arch,
+            arch_kwargs=parse_arch_kwargs(arch_kwargs),
+            key=key,
+            trust_pickle=True if trust_pickle else None,
+        )
+        targets = resolve_targets(models or [], load_config(config), flags)
+        check_targets(targets, updating_baseline=update_baseline, max_increase_flag=max_increase is not None)
+        for target in targets:
+            if target.plot is not None:
+                _require_plot(target.plot)
+        return targets, load_baselines(targets, updating=update_baseline)
+
+    targets, baselines = _run(debug, prepare)
+
+    def analyse() -> CheckRun:
+        from lipcheck.gate.run import run_check
+
+        return run_check(targets, baselines, updating_baseline=update_baseline, observer=lambda: _observer(progress))
+
+    result = _run(debug, analyse)
+    from lipcheck.report.ci_formats import summary_lines
+
+    if not result.complete:
+        _write_stderr(summary_lines(result))  # the error lines, and what the other models gave
+        raise typer.Exit(EXIT_ERROR)
+
+    def publish() -> tuple[CheckRun, str | None]:
+        """Only for a complete run: plots, baselines, the report (stdout text, or --output), the step summary."""
+        import os
+
+        from lipcheck.gate.baseline import write_atomically
+        from lipcheck.gate.run import write_artifacts
+
+        run = write_artifacts(result, update_baseline=update_baseline)
+        text = output_format.render(run)
+        summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+        wants_summary = step_summary if step_summary is not None else output_format is CheckFormat.GITHUB
+        if wants_summary and summary_file:
+            _append(summary_file, CheckFormat.MARKDOWN.render(run))
+        if output is not None:
+            write_atomically(output, text)
+            return run, None
+        return run, text
+
+    run, text = _run(debug, publish)
+    if text is not None:
+        _write_stdout(text)
+    failed = not run.passed
+    if not quiet:
+        lines = summary_lines(run)
+        if output is not None:
+            lines.insert(-1, f"report ({output_format.value}) written to {output}")
+        if failed and exit_zero:
+            lines[-1] += " (exit code 0: --exit-zero)"
+        _write_stderr(lines)
+    if failed and not exit_zero:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _append(path: str, text: str) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    except OSError as exc:
+        raise LipcheckError(f"cannot append to $GITHUB_STEP_SUMMARY ({path}): {exc.strerror or exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------------- diff
+
+
+def _is_json_report(path: str) -> bool:
+    """A JSON report (``.json``, or a file whose first non-blank byte is ``{``) rather than a model."""
+    if path.lower().endswith(".json"):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64).lstrip()
+    except OSError:
+        return False  # the model loader gives the error
+    return head.startswith(b"{")
+
+
+@app.command()
+def diff(
+    a: Annotated[str, typer.Argument(metavar="A", help="Model file or JSON report: the old side.", show_default=False)],
+    b: Annotated[str, typer.Argument(metavar="B", help="Model file or JSON report: the new side.", show_default=False)],
+    output_format: Annotated[
+        DiffFormat,
+        typer.Option("--format", "-f", case_sensitive=False, help="Output format, written to stdout."),
+    ] = DiffFormat.TABLE,
+    max_increase: Annotated[
+        float | None,
+        typer.Option("--max-increase", metavar="PCT", min=0.0, show_default=False,
+                     help="Exit 1 when B's certified bound is more than PCT percent above A's (or unbounded)."),
+    ] = None,
+    input_shape: InputShapeOpt = None,
+    power_iterations: PowerIterationsOpt = 100,
+    tolerance: ToleranceOpt = 1e-6,
+    seed: SeedOpt = 0,
+    exact_limit: ExactLimitOpt = 2_000_000,
+    no_exact: NoExactOpt = False,
+    progress: ProgressOpt = None,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    key: KeyOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare two models, or two saved JSON reports, layer by layer (certified σ, by layer name).
+
+    Growth is computed from the printed values (4 significant digits).
+    Exit 0; 1 with --max-increase when B's bound grew more; 2 when a side cannot be read.
+    """
+
+    def work() -> tuple[Any, str]:
+        shapes = parse_input_shapes(input_shape or [])
+        kwargs = parse_arch_kwargs(arch_kwargs)
+        from lipcheck.gate.baseline import Snapshot, compare, load_snapshot
+
+        def side(path: str) -> Snapshot:
+            if _is_json_report(path):
+                return load_snapshot(path, what="report")
+            import lipcheck
+
+            observer = _observer(progress)
+            try:
+                report = lipcheck.analyze(
+                    path, input_shape=shapes, power_iterations=power_iterations, tolerance=tolerance, seed=seed,
+                    exact_limit=0 if no_exact else exact_limit, lower_bound=False, progress=observer,
+                    trust_pickle=trust_pickle, arch=arch, arch_kwargs=kwargs, key=key,
+                )
+            finally:
+                if observer is not None:
+                    observer.finish()
+            return Snapshot.from_report(report)
+
+        comparison = compare(side(a), side(b))
+        return comparison, output_format.render(comparison)
+
+    comparison, text = _run(debug, work)
+    _write_stdout(text)
+    if max_increase is not None:
+        from lipcheck.gate.decision import CheckKind, Outcome, check_growth
+
+        result = check_growth(comparison, max_increase)
+        tag = "FAIL" if result.outcome is Outcome.FAILED else "PASS"
+        _write_stderr([f"{tag} {CheckKind.MAX_INCREASE.value}: {result.message}"])
+        if result.failed:
+            raise typer.Exit(EXIT_FAILED)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -21,7 +21,7 @@ nodes read too (a weight that is also a bias), sparse or string constants, facto
 External data: the output stores exactly the tensors the source stored externally, at the same offsets, in
 ``<out name>.data`` (``<out name>.data.<k>`` for the k-th of several source files) next to the output; a
 rescaled tensor whose bytes other tensors share is appended instead. Nothing is written unless every step
-succeeds (:mod:`lipcheck.normalize.atomic`); the source and its data files are only ever read.
+succeeds (:mod:`lipcheck.files`); the source and its data files are only ever read.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lipcheck.errors import InvalidWeightsError, LoadError, UnsupportedModelError, UsageError
+from lipcheck.files import atomic_outputs
 from lipcheck.loaders import check_model_file
 from lipcheck.loaders.onnx_loader import _NONDETERMINISTIC, _evaluate_constants
-from lipcheck.normalize.atomic import atomic_outputs
 
 __all__ = ["WeightUse", "WrittenScale", "layer_weights", "write_scaled_onnx"]
 

@@ -23,7 +23,7 @@ Parametrized weights keep their parametrization, and the weight the module uses 
   multiplied by f (scaling v would change nothing).
 
 Tensors are rescaled in float64 and rounded once to their own dtype. The source file is never modified;
-the output is written atomically (:func:`lipcheck.normalize.atomic.atomic_outputs`). Files are read with
+the output is written atomically (:func:`lipcheck.files.atomic_outputs`). Files are read with
 ``map_location="cpu"``: tensors saved on a GPU are written back as CPU tensors.
 """
 
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from lipcheck.errors import LoadError, UnsupportedModelError, UsageError
+from lipcheck.files import atomic_outputs
 from lipcheck.loaders import TorchOptions
 from lipcheck.loaders.parametrizations import (
     LEGACY,
@@ -52,7 +53,6 @@ from lipcheck.loaders.parametrizations import (
     find_parametrizations,
 )
 from lipcheck.loaders.torch_loader import locate_state_dict, read_torch_save, sniff
-from lipcheck.normalize.atomic import atomic_outputs
 from lipcheck.normalize.onnx_writer import WrittenScale  # one record type for both writers
 
 __all__ = ["HOW_PLAIN", "HOW_SPECTRAL_NORM", "HOW_WEIGHT_NORM", "WrittenScale", "write_scaled_torch"]

@@ -22,9 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lipcheck
 from lipcheck.errors import LoadError, UnsupportedModelError, UsageError
+from lipcheck.files import atomic_outputs
 from lipcheck.loaders.onnx_loader import load_onnx
 from lipcheck.normalize import onnx_writer
-from lipcheck.normalize.atomic import atomic_outputs
 from lipcheck.normalize.onnx_writer import WrittenScale, layer_weights, write_scaled_onnx
 from lipcheck.report.model import LayerResult
 from tests.helpers import make_model, rng_weights

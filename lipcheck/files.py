@@ -1,4 +1,4 @@
-"""All-or-nothing creation of output files (a model and its data files), shared by the ONNX and torch writers.
+"""All-or-nothing creation of output files (a model and its data files, reports, baselines), for every writer.
 
 :func:`atomic_outputs` hands out temporary files next to the final paths (same folder, so the final
 ``os.replace`` is a rename on one filesystem, atomic per file); the caller writes into them. On a normal exit
@@ -27,7 +27,8 @@ def atomic_outputs(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Pat
 
     On a normal exit each temporary file is fsynced and ``os.replace``-d onto its final path (in the order of
     ``paths``), then the folders are fsynced (best effort). On an exception nothing is renamed, every
-    temporary file is removed, and the exception propagates. Permissions follow the umask, as for a new file.
+    temporary file is removed, and the exception propagates.
+    Permissions follow the umask, as for a new file; a replaced file keeps its own.
     Raises ``ValueError`` when two paths are the same file, ``FileNotFoundError`` when a folder is missing.
     """
     finals = [Path(p) for p in paths]
@@ -42,7 +43,9 @@ def atomic_outputs(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Pat
         for p in finals:
             temps.append(_new_temp(p))
         yield list(temps)
-        for t in temps:
+        for t, p in zip(temps, finals):
+            with contextlib.suppress(OSError):
+                os.chmod(t, p.stat().st_mode & 0o7777)  # replacing a file keeps its permissions
             _fsync_file(t)
         for i, (t, p) in enumerate(zip(temps, finals)):
             os.replace(t, p)
@@ -90,3 +93,17 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` all or nothing, creating missing parent folders. Raises
+    :class:`~lipcheck.errors.LipcheckError` naming the path when the file cannot be written."""
+    from lipcheck.errors import LipcheckError
+
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_outputs([target]) as (tmp,):
+            tmp.write_text(text, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise LipcheckError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
