@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 
+from lipcheck.arrays import release_pages
 from lipcheck.ir.graph import Graph, Node
 
 _FOLDABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -38,6 +39,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
         if any(name not in constants for name in bn.inputs[1:5]):
             continue
         fused = _fuse(p, bn, graph, constants)
+        release_pages(constants.get(p.inputs[1]))  # a mapped weight was read: hand its pages back
         if fused is None:
             continue
         node, new_consts = fused
@@ -68,13 +70,13 @@ def _fuse(
     w_name = p.inputs[1]
     if w_name not in constants or (p.inputs[0] in constants):
         return None
-    w = np.asarray(constants[w_name], dtype=np.float64)
+    w = np.asarray(constants[w_name])  # a view (a memmap stays one): each product below is the one float64 copy
     base = f"{p.name}::bn_folded"
     if p.op_type == "Conv":
         if w.shape[0] != c_out:
             return None
         b = np.asarray(constants[p.inputs[2]], dtype=np.float64) if len(p.inputs) > 2 and p.inputs[2] else 0.0
-        w2 = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
+        w2 = np.multiply(w, s.reshape((-1,) + (1,) * (w.ndim - 1)), dtype=np.float64)
         b2 = s * b + shift
         inputs = (p.inputs[0], f"{base}_weight", f"{base}_bias")
         attrs = dict(p.attrs)
@@ -84,8 +86,8 @@ def _fuse(
             return None
         b = np.asarray(constants[p.inputs[2]], dtype=np.float64) if len(p.inputs) > 2 and p.inputs[2] else 0.0
         cin_g = w.shape[0] // g
-        w2 = (w.reshape((g, cin_g, w.shape[1]) + w.shape[2:])
-              * s.reshape((g, 1, w.shape[1]) + (1,) * (w.ndim - 2))).reshape(w.shape)
+        w2 = np.multiply(w.reshape((g, cin_g, w.shape[1]) + w.shape[2:]),
+                         s.reshape((g, 1, w.shape[1]) + (1,) * (w.ndim - 2)), dtype=np.float64).reshape(w.shape)
         b2 = s * b + shift
         inputs = (p.inputs[0], f"{base}_weight", f"{base}_bias")
         attrs = dict(p.attrs)
@@ -97,7 +99,7 @@ def _fuse(
         if p.op_type == "Gemm":
             alpha, beta_g = float(p.attr("alpha", 1.0)), float(p.attr("beta", 1.0))
             trans_b = bool(p.attr("transB", 0))
-            w2 = w * (s[:, None] if trans_b else s[None, :])
+            w2 = np.multiply(w, s[:, None] if trans_b else s[None, :], dtype=np.float64)
             c = p.inputs[2] if len(p.inputs) > 2 else ""
             if c and c not in constants:
                 return None
@@ -107,7 +109,7 @@ def _fuse(
         else:
             if w.ndim != 2 or len(graph.shapes.get(p.inputs[0], ())) != 2:
                 return None
-            w2 = w * s[None, :]
+            w2 = np.multiply(w, s[None, :], dtype=np.float64)
             b2 = shift
             attrs = {}
         inputs = (p.inputs[0], f"{base}_weight", f"{base}_bias")

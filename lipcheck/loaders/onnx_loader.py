@@ -1,8 +1,11 @@
 """ONNX → lipcheck graph IR.
 
 What this does, in order:
-1. read the file (clear errors for missing / not ONNX / truncated / corrupt), external data only from inside
-   the model's folder;
+1. read the file (clear errors for missing / not ONNX / truncated / corrupt) WITHOUT its external data: every
+   externally stored tensor becomes a read-only ``np.memmap`` on its data file (only from inside the model's
+   folder, offset and length checked against the file), so neither the protobuf nor memory ever holds every
+   weight: the proto stays small (no 2 GB protobuf limit for shape inference) and each weight is read when its
+   layer is bounded. Small integer tensors (shapes, axes) are read into the proto for shape inference;
 2. fix the input shapes (``--input-shape`` for dynamic dims) and run ``onnx.shape_inference``;
 3. fold every constant subgraph (initializers, ``Constant`` nodes, W / σ chains of exported spectral norms,
    ``DequantizeLinear``, ``Shape`` of statically shaped tensors...) with onnx's reference evaluator;
@@ -12,6 +15,7 @@ What this does, in order:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from lipcheck.arrays import nonfinite_kind, release_pages
 from lipcheck.errors import InputShapeError, InvalidWeightsError, LoadError
 from lipcheck.ir.graph import Graph, Node, TensorInfo
 from lipcheck.loaders import check_model_file
@@ -30,6 +35,12 @@ InputShapes = Sequence[int] | Mapping[str, Sequence[int]] | None
 # Ops whose output is not a function of their inputs: never folded.
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                      "Bernoulli"}
+# External integer / bool tensors up to this size are read into the proto: shape inference needs the values of
+# shape-like initializers (Reshape's shape, axes...). Everything else stays in its file.
+INLINE_MAX_BYTES = 1 << 20
+# Element types stored one value per fixed-size element (no packing): these can be memory-mapped as they are.
+_PACKED_TYPES = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4, getattr(onnx.TensorProto, "FLOAT4E2M1", -1),
+                 onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED}
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -39,8 +50,12 @@ def _dtype_name(elem_type: int) -> str:
         return "unknown"
 
 
-def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Read an ONNX file and its external data; every failure is a one-line :class:`LoadError`."""
+def read_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Read an ONNX file without loading its external data; every failure is a one-line :class:`LoadError`.
+
+    Returns the model and, for each initializer stored as external data, its value as a read-only memmap
+    (see :func:`map_external_data`); those initializers keep their external references in the proto.
+    """
     p = Path(path)
     check_model_file(p)
     try:
@@ -49,8 +64,7 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise LoadError(f"{p}: not an ONNX model, or the file is truncated or corrupt ({_short(exc)})") from exc
     if not model.graph.node and not model.graph.initializer and not model.graph.input:
         raise LoadError(f"{p}: not an ONNX model (no graph found in the file)")
-    _load_external_data(model, p.parent.resolve(), p)
-    return model
+    return model, map_external_data(model, p)
 
 
 def _short(exc: BaseException) -> str:
@@ -58,28 +72,79 @@ def _short(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
-    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
+def map_external_data(model: onnx.ModelProto, path: Path) -> dict[str, np.ndarray]:
+    """Map every externally stored tensor of ``model`` (read from ``path``) without reading it into memory.
 
-    for tensor in _all_tensors(model):
+    Initializers: name -> read-only ``np.memmap`` (mode ``"r"``: the file can never be modified through it) with
+    the tensor's dtype and shape. Read into the proto instead (external reference removed): ``Constant`` node
+    values (the constant evaluator needs them), integer / bool initializers up to :data:`INLINE_MAX_BYTES`
+    (shape inference reads them), and element types that cannot be mapped (packed 4-bit, strings).
+    Refuses, with one-line :class:`LoadError` s: locations outside the model's folder, missing files,
+    lengths that do not match the tensor, and data past the end of the file.
+    """
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    base = path.parent.resolve()
+    mapped: dict[str, np.ndarray] = {}
+    n_initializers = len(model.graph.initializer)
+    for k, tensor in enumerate(_all_tensors(model)):  # initializers first
         if not uses_external_data(tensor):
             continue
-        info = ExternalDataInfo(tensor)
-        location = Path(info.location)
+        try:
+            info = ExternalDataInfo(tensor)
+            offset = int(info.offset or 0)
+            declared = int(info.length) if info.length is not None and int(info.length) >= 0 else None
+        except (ValueError, TypeError) as exc:
+            raise LoadError(f"{path}: tensor '{tensor.name}' has an unreadable external data entry ({exc})") from exc
+        location = Path(info.location or "")
         target = (base / location).resolve()
-        if location.is_absolute() or (target != base and base not in target.parents):
+        if not info.location or location.is_absolute() or base not in target.parents:
             raise LoadError(
                 f"{path}: tensor '{tensor.name}' points to external data '{info.location}' outside the "
                 "model's folder; refusing to read it"
             )
-        if not target.exists():
+        if not target.is_file():
             raise LoadError(f"{path}: external data file '{info.location}' for tensor '{tensor.name}' is missing")
+        count = math.prod(int(d) for d in tensor.dims)
+        mappable = tensor.data_type not in _PACKED_TYPES
         try:
-            load_external_data_for_tensor(tensor, str(base))
-        except Exception as exc:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+        except Exception:  # noqa: BLE001 - unknown element type
+            raise LoadError(f"{path}: tensor '{tensor.name}' has an unknown data type {tensor.data_type}") from None
+        if tensor.data_type == onnx.TensorProto.STRING:
+            raise LoadError(f"{path}: string tensor '{tensor.name}' stored as external data is not supported")
+        expected = count * dtype.itemsize if mappable else (count + 1) // 2  # the packed types: 4-bit
+        if declared is not None and declared != expected:
+            raise LoadError(f"{path}: tensor '{tensor.name}' declares {declared} bytes of external data, but its "
+                            f"shape {list(tensor.dims)} and type need {expected}")
+        size = target.stat().st_size
+        if offset < 0 or offset + expected > size:
+            raise LoadError(
+                f"{path}: external data file '{info.location}' is truncated: tensor '{tensor.name}' needs bytes "
+                f"{offset}..{offset + expected} but the file has {size}"
+            )
+        shape = tuple(int(d) for d in tensor.dims)
+        inline = (
+            k >= n_initializers
+            or not mappable
+            or (dtype.kind in "biu" and expected <= INLINE_MAX_BYTES)
+        )
+        if not inline:
+            mapped[tensor.name] = (
+                np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=(count,)).reshape(shape)
+                if count else np.zeros(shape, dtype=dtype)
+            )
+            continue
+        try:
+            with open(target, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(expected)
+        except OSError as exc:
             raise LoadError(f"{path}: cannot read external data for '{tensor.name}' ({_short(exc)})") from exc
+        tensor.raw_data = data
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
+    return mapped
 
 
 def _all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -169,12 +234,13 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: InputShapes = None) -> Graph:
     """Load an ONNX model (path or ModelProto) into the IR with static shapes and folded constants."""
+    external: dict[str, np.ndarray] = {}
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
         label = model.graph.name or "<model>"
     else:
-        model = read_model(source)
+        model, external = read_model(source)
         label = str(source)
     g = model.graph
     if not g.node:
@@ -208,7 +274,9 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
                 shapes[name] = tuple(dims)  # type: ignore[arg-type]
 
     # 3. constant folding
-    stored: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    stored: dict[str, np.ndarray] = {
+        t.name: external[t.name] if t.name in external else numpy_helper.to_array(t) for t in g.initializer
+    }
     const_names = set(stored)
     origins: dict[str, set[str]] = {n: {n} for n in stored}
     fold_nodes: list[onnx.NodeProto] = []
@@ -256,7 +324,7 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
     constants: dict[str, np.ndarray] = {n: stored[n] for n in needed if n in stored}
     to_eval = sorted(n for n in needed if n not in stored)
     if to_eval:
-        constants.update(_evaluate_constants(model, fold_nodes, to_eval, label))
+        constants.update(_evaluate_constants(model, fold_nodes, to_eval, label, values=stored))
     sizes: dict[str, int] = {n: int(np.asarray(v).size) for n, v in stored.items()}
     ranks: dict[str, int] = {n: int(np.asarray(v).ndim) for n, v in stored.items()}
     for node in fold_nodes:
@@ -290,7 +358,7 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
     live_tensors |= {o.name for o in g.output if o.name not in const_names}
     missing = sorted(t for t in live_tensors if t not in shapes or t not in dtypes or dtypes[t] == "unknown")
     if missing:
-        _shapes_from_onnxruntime(model, shapes_in, missing, shapes, dtypes, label)
+        _shapes_from_onnxruntime(model, shapes_in, missing, shapes, dtypes, label, external)
     for n in needed:
         arr = np.asarray(constants[n])
         shapes[n] = tuple(arr.shape)
@@ -352,29 +420,67 @@ def _shape_as_constant(node: onnx.NodeProto, shape: tuple[int, ...]) -> onnx.Nod
 
 
 def _evaluate_constants(
-    model: onnx.ModelProto, fold_nodes: list[onnx.NodeProto], names: list[str], label: str
+    model: onnx.ModelProto,
+    fold_nodes: list[onnx.NodeProto],
+    names: list[str],
+    label: str,
+    values: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Evaluate the constant subgraph with onnx's reference evaluator (no hand-written folding)."""
+    """Evaluate the constant subgraph with onnx's reference evaluator (no hand-written folding).
+
+    With ``values`` (stored tensor name -> value, memmaps included), only the fold nodes that ``names`` depend
+    on are evaluated, on only the stored tensors they read, materialized; without it, on every fold node and
+    ``model``'s initializers as they are (which must then hold their data).
+    """
     from onnx.reference import ReferenceEvaluator
 
+    if values is None:
+        initializers = list(model.graph.initializer)
+    else:
+        fold_nodes, leaves = _slice_for(fold_nodes, names, values)
+        initializers = [numpy_helper.from_array(np.asarray(values[n]), n) for n in sorted(leaves)]
     graph = helper.make_graph(
-        fold_nodes, "constants", [], [onnx.ValueInfoProto(name=n) for n in names], list(model.graph.initializer)
+        fold_nodes, "constants", [], [onnx.ValueInfoProto(name=n) for n in names], initializers
     )
     sub = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     try:
-        values = ReferenceEvaluator(sub).run(None, {})
+        results = ReferenceEvaluator(sub).run(None, {})
     except Exception as exc:
         # the reference evaluator lacks some older op versions (e.g. DequantizeLinear < 19): onnxruntime
         try:
             import onnxruntime as ort
 
             sess = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
-            values = sess.run(names, {})
+            results = sess.run(names, {})
         except Exception as exc2:  # noqa: BLE001
             raise LoadError(
                 f"{label}: could not evaluate the model's constant subgraphs ({_short(exc)}; {_short(exc2)})"
             ) from exc
-    return {n: np.asarray(v) for n, v in zip(names, values)}
+    return {n: np.asarray(v) for n, v in zip(names, results)}
+
+
+def _slice_for(
+    fold_nodes: list[onnx.NodeProto], names: list[str], values: Mapping[str, np.ndarray]
+) -> tuple[list[onnx.NodeProto], set[str]]:
+    """The fold nodes ``names`` depend on (in their order) and the stored tensors those nodes read."""
+    producer = {o: k for k, n in enumerate(fold_nodes) for o in n.output if o}
+    keep: set[int] = set()
+    leaves: set[str] = set()
+    stack = list(names)
+    seen: set[str] = set()
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in producer:
+            k = producer[t]
+            if k not in keep:
+                keep.add(k)
+                stack.extend(i for i in fold_nodes[k].input if i)
+        elif t in values:
+            leaves.add(t)
+    return [fold_nodes[k] for k in sorted(keep)], leaves
 
 
 def _shapes_from_onnxruntime(
@@ -384,8 +490,10 @@ def _shapes_from_onnxruntime(
     shapes: dict[str, tuple[int, ...]],
     dtypes: dict[str, str],
     label: str,
+    external: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    """Fill shapes shape inference left open by running onnxruntime once on a zero input."""
+    """Fill shapes shape inference left open by running onnxruntime once on a zero input. Initializers kept in
+    their files (``external``) are fed as inputs, straight from their memmaps."""
     import onnxruntime as ort
 
     m = onnx.ModelProto()
@@ -394,7 +502,16 @@ def _shapes_from_onnxruntime(
     for n in names:
         if n not in existing:
             m.graph.output.append(onnx.ValueInfoProto(name=n))
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
+    if external:
+        declared = {vi.name for vi in m.graph.input}
+        for k in reversed(range(len(m.graph.initializer))):
+            t = m.graph.initializer[k]
+            if t.name in external:
+                if t.name not in declared:
+                    m.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+                feeds[t.name] = np.asarray(external[t.name])
+                del m.graph.initializer[k]
     for vi in m.graph.input:
         if vi.name in shapes_in:
             dt = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
@@ -413,12 +530,16 @@ def _shapes_from_onnxruntime(
 def _check_finite(
     constants: Mapping[str, np.ndarray], param_names: Mapping[str, str], nodes: list[Node], label: str
 ) -> None:
+    """Refuse NaN / Inf in any constant a node reads, chunk by chunk (a mapped weight's pages are handed back)."""
+    checked: set[str] = set()
     for node in nodes:
         for i in node.inputs:
-            if i in constants:
-                arr = np.asarray(constants[i])
-                if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                    bad = "NaN" if np.isnan(arr).any() else "Inf"
+            if i in constants and i not in checked:
+                checked.add(i)
+                arr = constants[i]
+                bad = nonfinite_kind(arr) if np.asarray(arr).dtype.kind == "f" else None
+                release_pages(arr)
+                if bad is not None:
                     raise InvalidWeightsError(
                         f"{label}: weight '{param_names.get(i, i)}' used by node '{node.name}' ({node.op_type}) "
                         f"contains {bad} values"

@@ -1,6 +1,7 @@
 """Matrix-free spectral-norm methods on a linear operator given by ``apply`` and ``apply_adjoint``.
 
-- :func:`power_iteration`: an ESTIMATE of σ_max from below (every value it returns is ‖A x‖ for a unit x).
+- :func:`power_iteration`: an ESTIMATE of σ_max from below (every value it returns is ‖A x‖ for a unit x);
+  :func:`power_iteration_gram` the same iteration for operators streamed in one pass per step.
 - :func:`lanczos_sigma_max`: σ_max to a tight tolerance (implicitly restarted Lanczos, ARPACK via
   ``scipy.sparse.linalg.eigsh`` on the Gram operator). Exact up to floating point, but NOT a certificate:
   Ritz values approach λ_max from below.
@@ -64,6 +65,39 @@ def power_iteration(
         nw = np.linalg.norm(w, axis=1)
         sig = np.maximum(nw, nu)
         live = nw > 0  # a zero operator keeps its (irrelevant) previous vector
+        v = np.where(live[:, None], w / np.where(live, nw, 1.0)[:, None], v)
+        if prev is not None and np.all(np.abs(sig - prev) <= tol * np.maximum(sig, 1e-300)):
+            break
+        prev = sig
+    return PowerResult(sigma=float(sig.max(initial=0.0)), sigmas=sig, iterations=done, right_vectors=v)
+
+
+def power_iteration_gram(
+    apply_gram: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    n_in: int,
+    *,
+    batch: int = 1,
+    iterations: int = 100,
+    tol: float = 1e-6,
+    seed: int = 0,
+) -> PowerResult:
+    """:func:`power_iteration` for an operator whose ``A v`` and ``AᵀA v`` come out of one pass over it (a matrix
+    streamed block by block of rows): ``apply_gram(v)`` returns ``(A v, AᵀA v)`` for ``v`` of shape
+    ``(batch, n_in)``. Same start, same iterates in exact arithmetic (Aᵀu with u = Av/‖Av‖ is AᵀAv/‖Av‖), same
+    stopping rule, same guarantee: an estimate from BELOW."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((batch, n_in))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    sig = np.zeros(batch)
+    prev: np.ndarray | None = None
+    done = 0
+    for done in range(1, max(1, int(iterations)) + 1):  # noqa: B007 - `done` is reported
+        u, g = apply_gram(v)
+        nu = np.linalg.norm(u, axis=1)
+        w = g / np.where(nu > 0, nu, 1.0)[:, None]  # Av = 0 gives AᵀAv = 0: w = 0, as power_iteration has it
+        nw = np.linalg.norm(w, axis=1)
+        sig = np.maximum(nw, nu)
+        live = nw > 0
         v = np.where(live[:, None], w / np.where(live, nw, 1.0)[:, None], v)
         if prev is not None and np.all(np.abs(sig - prev) <= tol * np.maximum(sig, 1e-300)):
             break

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from lipcheck.arrays import release_pages
 from lipcheck.ir.graph import Node
 from lipcheck.report.model import NormResult
 from lipcheck.rules.activations import GELU, MISH, SILU
@@ -40,9 +41,10 @@ def matmul_blocks(w: np.ndarray, x_shape: tuple[int, ...], w_on_right: bool) -> 
     """The matrices M_g, stacked (G, K, N), such that the map X ↦ X @ W (or W @ X) has σ = max_g σ(M_g).
 
     Batched operands are broadcast like numpy.matmul: an X batch element multiplied by several W matrices
-    (X broadcast) meets their horizontal concatenation, so those are concatenated.
+    (X broadcast) meets their horizontal concatenation, so those are concatenated (in float64). A 1-D or 2-D
+    W comes back as a view in its own dtype (a memmap stays a memmap): the norm kernels stream big matrices.
     """
-    w = np.asarray(w, dtype=np.float64)
+    w = np.asarray(w)
     if not w_on_right:
         # Y = W X  <=>  Yᵀ = Xᵀ Wᵀ
         w = w[None, :] if w.ndim == 1 else np.swapaxes(w, -1, -2)
@@ -51,6 +53,7 @@ def matmul_blocks(w: np.ndarray, x_shape: tuple[int, ...], w_on_right: bool) -> 
         w = w[:, None]
     if w.ndim == 2:
         return w[None]
+    w = np.asarray(w, dtype=np.float64)
     bw = w.shape[:-2]
     bx = x_shape[:-2] if len(x_shape) >= 2 else ()
     batch = np.broadcast_shapes(bx, bw)
@@ -80,11 +83,12 @@ def matmul(node: Node, ctx: RuleContext) -> OpBound:
         return OpBound(gains={}, rule="constant")
     if len(var) == 2:
         raise NoGlobalConstant("product of two input-dependent tensors (e.g. attention scores) has no global constant")
-    if var == [0]:
-        blocks = matmul_blocks(ctx.const(b), ctx.shape(a), w_on_right=True)  # type: ignore[arg-type]
-        return _layer(0, _matrix_layer(blocks, ctx), "MatMul: σ_max(W)", b)
-    blocks = matmul_blocks(ctx.const(a), ctx.shape(b), w_on_right=False)  # type: ignore[arg-type]
-    return _layer(1, _matrix_layer(blocks, ctx), "MatMul: σ_max(W)", a)
+    index, wname, xname = (0, b, a) if var == [0] else (1, a, b)
+    w = ctx.const(wname)
+    blocks = matmul_blocks(w, ctx.shape(xname), w_on_right=index == 0)  # type: ignore[arg-type]
+    norms = _matrix_layer(blocks, ctx)
+    release_pages(w)
+    return _layer(index, norms, "MatMul: σ_max(W)", wname)
 
 
 @register("Gemm")
@@ -101,15 +105,19 @@ def gemm(node: Node, ctx: RuleContext) -> OpBound:
     norms = None
     weight = None
     if var_a or var_b:
+        from lipcheck.norms.matrix import scale_norms
+
+        # views, never copies (a memmapped weight is streamed by the kernel); α applies to the norms
         if var_a:
-            w = np.asarray(ctx.const(b), dtype=np.float64)
-            w = w.T if node.attr("transB", 0) else w  # X' ↦ α X' B'
+            stored = np.asarray(ctx.const(b))
+            w = stored.T if node.attr("transB", 0) else stored  # X' ↦ α X' B'
             index, weight = 0, b
         else:
-            w = np.asarray(ctx.const(a), dtype=np.float64)
-            w = w.T if node.attr("transA", 0) else w  # X' ↦ α A' X'
+            stored = np.asarray(ctx.const(a))
+            w = stored.T if node.attr("transA", 0) else stored  # X' ↦ α A' X'
             index, weight = 1, a
-        norms = _matrix_layer((alpha * w)[None], ctx)
+        norms = scale_norms(_matrix_layer(w[None], ctx), alpha)  # σ(αW) = |α|·σ(W)
+        release_pages(stored)
         gains[index], est[index] = norms.sigma_upper, norms.sigma_power
     if c and ctx.is_var(c):
         out = ctx.shape(node.outputs[0])
@@ -186,6 +194,7 @@ def conv(node: Node, ctx: RuleContext) -> OpBound:
         raise NoGlobalConstant("Conv with input-dependent weights or bias has no global constant")
     w, geom, _ = _conv_geometry(node, ctx, transpose=False)
     norms = conv_norms(np.asarray(w, dtype=np.float64), geom, **ctx.norm_options())  # type: ignore[arg-type]
+    release_pages(w)
     return _layer(0, norms, "Conv: operator norm on its input", node.inputs[1])
 
 
@@ -199,6 +208,7 @@ def conv_transpose(node: Node, ctx: RuleContext) -> OpBound:
     norms = conv_transpose_norms(
         np.asarray(w, dtype=np.float64), geom, out_pad, **ctx.norm_options()  # type: ignore[arg-type]
     )
+    release_pages(w)
     return _layer(0, norms, "ConvTranspose: operator norm on its input", node.inputs[1])
 
 
