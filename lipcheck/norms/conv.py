@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lipcheck.norms.margin import as_float64, rounding_margin
+from lipcheck.norms.margin import EPS64, as_float64, rounding_margin
 from lipcheck.norms.matrix import batched_matrix_norms, sigma_max_svd
 from lipcheck.norms.power import LanczosError, PowerResult, lanczos_sigma_max
 from lipcheck.report.model import NormResult
@@ -42,12 +42,13 @@ DENSE_LIMIT = 512  # operators whose smaller side is at most this (and ...)
 DENSE_MAX_ENTRIES = 4_000_000  # ... with at most this many entries are SVD'd as explicit matrices
 LANCZOS_TOL = 1e-10
 _BASIS_CHUNK = 64  # basis vectors pushed through the conv at once when building the explicit matrix
-_FREQ_CHUNK_ENTRIES = 2_000_000  # complex entries per frequency chunk in the circular bound
-_GRAM_CHUNK_ENTRIES = 8_000_000  # complex entries of the Gram matrices squared at once (128 MB)
-_ESTIMATE_STEPS = 12  # power steps per frequency for the estimate that decides where to certify tightly
-_REFINE_STEPS = 40  # power steps on each Gram that needs a certificate, to sharpen the estimate
-_GRAM_TOL = 1e-4  # a frequency's certificate on σ² may end this far above the estimate (5e-5 on σ)
-_GRAM_STEPS = 16  # Gram squarings at most: (rank)^(1/2^16) <= 1.0001 even for a flat spectrum
+_FREQ_CHUNK_ENTRIES = 4_000_000  # complex Gram entries per frequency chunk in the circular bound (64 MB)
+_KEEP_GRAM_ENTRIES = 16_000_000  # Grams kept between passes up to this many complex entries (256 MB), else remade
+_ESTIMATE_STEPS = 10  # batched power steps per frequency Gram: where the dense eigensolver looks
+_EXACT_TOP = 3  # frequencies with the largest estimates whose λ_max is computed densely to place μ
+_CERT_TOL = 2e-6  # μ = (largest λ found)·(1 + this): the certificate on σ ends <= ~1e-6 above the circular σ
+_CERT_ROUNDS = 3  # raise μ to the failed Grams' dense λ_max this many times before falling back
+_GRAM_STEPS = 16  # Gram squarings at most in the fallback certificate
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,35 @@ class ConvGeometry:
 
 
 def reshaped_kernel_norm(weight: np.ndarray, dim: int = 0) -> float:
-    """σ_max of the kernel flattened to a matrix after moving axis ``dim`` to the front: exact (SVD).
+    """σ_max of the kernel flattened to a matrix after moving axis ``dim`` to the front (exact up to rounding:
+    float64 eigensolver on the smaller Gram, :func:`_gram_sigma`).
 
     This is what ``torch.nn.utils.spectral_norm`` targets (dim 0 for Conv, dim 1 for ConvTranspose,
     torch's defaults). It is NOT the conv's operator norm (see the module docstring).
     """
     w = as_float64(weight, "conv weight")
     mat = np.moveaxis(w, dim, 0).reshape(w.shape[dim], -1)
-    return float(sigma_max_svd(mat[None])[0])
+    return _gram_sigma(mat[None])[0]
+
+
+def _gram_sigma(mats: np.ndarray) -> tuple[float, float]:
+    """(max σ_max, a certified upper bound on it) over a (B, m, n) float64 stack, from the eigenvalues of the
+    smaller Gram (faster than an SVD of the wide matrix).
+
+    Rounding: fl(M Mᵀ) = M Mᵀ + E with |E| <= γ_k |M||M|ᵀ, so ‖E‖₂ <= γ_k‖M‖_F² (k the summed dimension); the
+    symmetric eigensolver adds <= p(s)·ε·‖G‖ (LAPACK). Upper: λ·(1 + c·s·ε) + γ_k‖M‖_F², via rounding_margin."""
+    b, m, n = mats.shape
+    if m == 0 or n == 0 or not np.any(mats):
+        return 0.0, 0.0
+    t = torch.from_numpy(np.ascontiguousarray(mats))
+    with torch.no_grad():
+        gram = t @ t.mT if m <= n else t.mT @ t
+        lam = torch.linalg.eigvalsh(0.5 * (gram + gram.mT))[:, -1].numpy()
+    k, s = max(m, n), min(m, n)
+    fro2 = np.sum(mats * mats, axis=(1, 2))
+    upper = lam * rounding_margin(s) + (rounding_margin(k) - 1.0) * fro2 * (1.0 + 1e-9)
+    sigma = float(np.sqrt(np.maximum(lam, 0.0)).max())
+    return sigma, float(np.sqrt(np.maximum(upper, 0.0)).max()) * (1.0 + 4.0 * EPS64)
 
 
 def conv_norms(
@@ -340,90 +362,228 @@ def _circular_bound(op: _ConvOperator) -> float:
     block-diagonal, the max over groups. Real kernels: K̂(−ω) = conj K̂(ω), so half of the last frequency
     axis suffices (as rfftn does).
 
-    The DFT is evaluated directly as (phases @ taps) over frequency chunks (memory stays bounded for large
-    grids). σ² per frequency: eigvalsh of the smaller Gram K̂K̂ᴴ or K̂ᴴK̂ in float64. Rounding margin:
-    the entries of K̂ carry errors <= ~2·T·ε·(ℓ1 of the taps), and max_ω ‖K̂_g(ω)‖_F >= ‖W_g‖_F (Parseval),
-    so σ_max(E) <= 2·T^1.5·√r·ε·σ; the Gram product and the Hermitian eigensolver add <= ~a·b·ε. Hence
-    ``n_terms = 2·T^1.5·√r + 2·a·b`` (T taps, a×b blocks, r = min(a, b)).
+    How it is computed (:class:`_CircularGrams`, :func:`_certify_grams`): the r×r Gram G(ω) of the smaller
+    side is the DFT of the kernel's tap autocorrelation C_δ = Σ_{q_j − q_l = δ} V_j V_lᵀ, so all Grams cost a
+    few real matrix products per tap pair plus one small real matmul per frequency chunk, instead of an r×r×c
+    complex product per frequency. Then λ_max(G(ω)) <= μ is CERTIFIED for every ω by a floating-point
+    Cholesky factorization of μI − G(ω) (Higham, Accuracy and Stability, Thm 10.3: a completed Cholesky has
+    backward error <= γ_{r+1}·tr; cf. Rump, BIT 2006), with μ just above the largest λ_max found by batched
+    power iteration and a dense eigensolver on the top frequencies. The Grams' own rounding is bounded a
+    posteriori by γ·‖Σ_j |V_j|‖²; both go into the value returned (never below the circular σ).
     """
-    d, g = op.d, op.groups
-    s = op.strides
+    taps = _polyphase_taps(op)
+    if taps is None:
+        return 0.0
+    grams = _CircularGrams(taps)
+    return math.sqrt(max(_certify_grams(grams) + grams.shift, 0.0)) * (1.0 + 4.0 * EPS64)
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """The conv as a stride-1 circular conv on the coarse grid: V[t, g] (r×c) per kept tap t, with its offset."""
+
+    v: np.ndarray  # (T, g, r, c) float64: W_t per group, oriented so that r = min(a, b) is the Gram side
+    offsets: np.ndarray  # (T, d) integer tap offsets on the coarse grid
+    grid: tuple[int, ...]  # coarse grid M_d = ⌈padded_d / s_d⌉
+
+
+def _polyphase_taps(op: _ConvOperator) -> _Taps | None:
+    """Dilated, polyphase-split kernel taps (None when the kernel is zero)."""
+    d, g, s = op.d, op.groups, op.strides
     a = op.c_out // g
     c_in_g = op.weight.shape[1]
-    grid = tuple(math.ceil(p / st) for p, st in zip(op.padded, s))  # M_d = N_d / s_d, N_d >= padded_d
+    grid = tuple(math.ceil(p / st) for p, st in zip(op.padded, s))
     taps_per_dim = tuple(math.ceil(ke / st) for ke, st in zip(op.eff_kernel, s))
-
     wd = np.zeros((op.c_out, c_in_g, *(q * st for q, st in zip(taps_per_dim, s))))
-    taps = tuple(slice(0, ke, dil) for ke, dil in zip(op.eff_kernel, op.dilations))
-    wd[(slice(None), slice(None)) + taps] = op.weight
+    where = tuple(slice(0, ke, dil) for ke, dil in zip(op.eff_kernel, op.dilations))
+    wd[(slice(None), slice(None)) + where] = op.weight
     split = (op.c_out, c_in_g, *(v for q, st in zip(taps_per_dim, s) for v in (q, st)))
     perm = (0, 1, *(3 + 2 * i for i in range(d)), *(2 + 2 * i for i in range(d)))
     b = c_in_g * math.prod(s)
     n_taps = math.prod(taps_per_dim)
     wp = wd.reshape(split).transpose(perm).reshape(g, a, b, n_taps)  # [g, a, (c_in_g, phase), tap]
-    wt = np.moveaxis(wp, -1, 0).reshape(n_taps, g * a * b)
-    keep = np.any(wt != 0.0, axis=1)  # drop the holes of dilation
+    v = np.moveaxis(wp, -1, 0)  # (T, g, a, b)
+    if a > b:
+        v = np.swapaxes(v, -1, -2)  # Gram KᴴK on the input side: conj of Σ V_j V_lᵀ e^{...}, same eigenvalues
+    keep = np.any(v != 0.0, axis=(1, 2, 3))  # drop the holes of dilation
     if not keep.any():
-        return 0.0
-    wt = wt[keep]
-    q = np.indices(taps_per_dim).reshape(d, -1).T[keep]  # (T, d) tap offsets on the coarse grid
-    n_keep = int(keep.sum())
+        return None
+    offsets = np.indices(taps_per_dim).reshape(d, -1).T[keep]
+    return _Taps(v=np.ascontiguousarray(v[keep]), offsets=offsets, grid=grid)
 
-    fshape = (*grid[:-1], grid[-1] // 2 + 1)
-    n_freq = math.prod(fshape)
-    r = min(a, b)
-    chunk = max(1, _FREQ_CHUNK_ENTRIES // (g * (a * b + r * r)))
 
-    def khat(indices: np.ndarray) -> torch.Tensor:
-        """K̂_g(ω) for the given flat frequency indices: (len(indices)·g, a, b) complex128."""
-        freq = np.stack(np.unravel_index(indices, fshape), axis=1)
-        frac = np.zeros((freq.shape[0], n_keep))
-        for i in range(d):  # exact integer reduction mod M before the division keeps the phases accurate
-            frac += ((freq[:, i, None] * q[None, :, i]) % grid[i]) / grid[i]
-        return torch.from_numpy((np.exp(-2j * np.pi * frac) @ wt).reshape(-1, a, b))
+class _CircularGrams:
+    """The r×r Grams G(ω) of the smaller side of K̂(ω), for every (frequency, group), made on demand.
 
-    # Pass 1, every frequency: ‖K̂‖_F² (a certified bound on σ²) and a cheap estimate of σ² from below
-    # (batched power iteration; used only to decide where a tight certificate is needed, never as one).
-    frob2 = np.empty(n_freq * g)
-    low = 0.0
+    G(ω) = Σ_δ C_δ e^{-iθ_δ(ω)}, θ_δ(ω) = 2π Σ_i ω_i δ_i / M_i, C_δ = Σ_{q_j − q_l = δ} V_j V_lᵀ (real, r×r); with
+    C_{−δ} = C_δᵀ only δ > 0 is kept: Re G = C_0 + Σ_{δ>0} cos θ (C_δ + C_δᵀ), Im G = Σ_{δ>0} sin θ (C_δᵀ − C_δ).
+    Grams are numbered p = frequency·g + group (frequencies in rfftn order: half of the last axis).
+
+    Rounding (``shift``, absolute, on λ): every entry of G is a sum of products |V_j[x, c]|·|V_l[y, c]| times
+    unit phases, so |G_computed − G| <= γ_m·(S Sᵀ) entrywise with S = Σ_j |V_j| and m the longest such sum plus
+    the phase and accumulation terms; for the complex entries ‖·‖₂ <= √2·γ_m·‖S‖_F².
+    """
+
+    def __init__(self, taps: _Taps):
+        v, offsets, grid = taps.v, taps.offsets, taps.grid
+        n_taps, g, r, c = v.shape
+        d = len(grid)
+        zero = (0,) * d
+        by_delta: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for j in range(n_taps):
+            for k in range(n_taps):
+                delta = tuple(int(x) for x in offsets[j] - offsets[k])
+                if delta >= zero:  # lexicographic: δ = 0 (j = k) and one of each ±δ pair
+                    by_delta.setdefault(delta, []).append((j, k))
+        vt = torch.from_numpy(v)
+        corr: dict[tuple[int, ...], torch.Tensor] = {}
+        longest = 1
+        with torch.no_grad():
+            for delta, pairs in by_delta.items():
+                acc = vt[pairs[0][0]] @ vt[pairs[0][1]].mT  # (g, r, r) = Σ_pairs V_j V_kᵀ
+                for j, k in pairs[1:]:
+                    acc.baddbmm_(vt[j], vt[k].mT)
+                corr[delta] = acc
+                longest = max(longest, c * len(pairs))
+            c0 = corr.pop(zero)
+            self._c0 = (0.5 * (c0 + c0.mT)).reshape(1, -1)
+            deltas = sorted(corr)
+            self._sym = self._anti = None
+            if deltas:
+                self._sym = torch.stack([corr[k] + corr[k].mT for k in deltas]).reshape(len(deltas), -1)
+                self._anti = torch.stack([corr[k].mT - corr[k] for k in deltas]).reshape(len(deltas), -1)
+        self._deltas = np.array(deltas, dtype=np.int64).reshape(-1, d)
+        self.grid = grid
+        self.g, self.r = g, r
+        self.fshape = (*grid[:-1], grid[-1] // 2 + 1)
+        self.n_freq = math.prod(self.fshape)
+        self.size = self.n_freq * g
+        self.chunk = max(1, _FREQ_CHUNK_ENTRIES // max(1, g * r * r))  # frequencies per chunk
+        self._kept: list[tuple[int, torch.Tensor]] | None = None
+        s_abs = np.abs(v).sum(axis=0)  # (g, r, c)
+        s_fro2 = float(np.max(np.sum(s_abs * s_abs, axis=(1, 2))))
+        m = longest + 2 * len(by_delta) + 32
+        self.shift = math.sqrt(2.0) * (rounding_margin(m) - 1.0) * s_fro2 * (1.0 + 1e-6)
+
+    def of_frequencies(self, freqs: np.ndarray) -> torch.Tensor:
+        """The Grams of these frequencies, every group: (len(freqs)·g, r, r) complex128."""
+        r = self.r
+        if self._sym is None or self._anti is None:
+            re = self._c0.expand(len(freqs), -1)
+            return torch.complex(re, torch.zeros_like(re)).reshape(-1, r, r)
+        freq = np.stack(np.unravel_index(freqs, self.fshape), axis=1)
+        frac = np.zeros((len(freqs), self._deltas.shape[0]))
+        for i, m in enumerate(self.grid):  # exact integer reduction mod M before the division: accurate phases
+            frac += ((freq[:, i, None] * self._deltas[None, :, i]) % m) / m
+        theta = 2.0 * np.pi * frac
+        re = torch.addmm(self._c0, torch.from_numpy(np.cos(theta)), self._sym)
+        im = torch.from_numpy(np.sin(theta)) @ self._anti
+        return torch.complex(re, im).reshape(-1, r, r)
+
+    def chunks(self):  # type: ignore[no-untyped-def]
+        """(first Gram number, Grams) over every frequency, in chunks of bounded memory; kept for the next
+        pass when all of them fit in _KEEP_GRAM_ENTRIES, else made again."""
+        keep = self.size * self.r * self.r <= _KEEP_GRAM_ENTRIES
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept = []
+        for start in range(0, self.n_freq, self.chunk):
+            freqs = np.arange(start, min(self.n_freq, start + self.chunk))
+            item = (start * self.g, self.of_frequencies(freqs))
+            if keep:
+                kept.append(item)
+            yield item
+        if keep:
+            self._kept = kept
+
+    def select(self, numbers: np.ndarray) -> torch.Tensor:
+        """The Grams with these numbers, in the order given."""
+        numbers = np.asarray(numbers, dtype=np.int64)
+        freqs, inverse = np.unique(numbers // self.g, return_inverse=True)
+        out = []
+        for start in range(0, len(freqs), self.chunk):
+            out.append(self.of_frequencies(freqs[start:start + self.chunk]))
+        stacked = torch.cat(out)
+        return stacked[torch.from_numpy(inverse.reshape(-1) * self.g + numbers % self.g)]
+
+
+def _certify_grams(grams: _CircularGrams) -> float:
+    """A certified upper bound on the largest λ_max over every Gram, not counting ``grams.shift``.
+
+    1. Estimate from below: batched power iteration on every Gram (Rayleigh quotients), then a dense
+       eigensolver on the _EXACT_TOP Grams with the largest estimates: λ̂ = the largest value seen.
+    2. Certify: μ = λ̂·(1 + _CERT_TOL); for every Gram a floating-point Cholesky of fl(μI − G) (G scaled by an
+       exact power of two). If it completes, λ_max(G) <= :func:`_cholesky_certified` (Higham, Accuracy and
+       Stability, Thm 10.3: R̂ᴴR̂ = F + ΔF with ‖ΔF‖ <= γ_{r+1}·tr F, and R̂ᴴR̂ ⪰ 0; cf. Rump, BIT 2006).
+    3. A Gram whose factorization fails has λ_max near or above μ: its λ_max is computed densely, μ raised to
+       that value·(1 + _CERT_TOL) and those Grams checked again; after _CERT_ROUNDS, Gram iteration
+       (:func:`_gram_certificate`) certifies what is left.
+    """
+    r = grams.r
     gen = torch.Generator().manual_seed(0)
+    estimates = np.empty(grams.size)
     with torch.no_grad():
-        for start in range(0, n_freq, chunk):
-            k = khat(np.arange(start, min(n_freq, start + chunk)))
-            frob2[start * g:start * g + k.shape[0]] = (k.real**2 + k.imag**2).sum(dim=(1, 2)).numpy()
-            if r > 1:
-                x = torch.randn(k.shape[0], b, 1, generator=gen, dtype=torch.float64).to(torch.complex128)
+        for first, gram in grams.chunks():
+            if r == 1:
+                est = gram[:, 0, 0].real
+            else:
+                x = torch.randn(gram.shape[0], r, 1, generator=gen, dtype=torch.float64).to(torch.complex128)
                 for _ in range(_ESTIMATE_STEPS):
-                    x = k.mH @ (k @ x)
+                    x = gram @ x
                     x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-300)
-                low = max(low, float(torch.linalg.vector_norm(k @ x, dim=1).max()) ** 2)
-        if r == 1:  # 1-row (or 1-column) blocks: ‖K̂‖_F = σ exactly
-            best = float(frob2.max())
-            return math.sqrt(max(best, 0.0)) * rounding_margin(2.0 * n_keep**1.5 + 2.0 * a * b)
-        # Pass 2, only where ‖K̂‖_F² could exceed the estimate: Gram iteration (Delattre et al., ICML 2023) on the
-        # r×r Gram G of the smaller side, λ_max(G) <= ‖G^(2^t)‖_F^(1/2^t) at every t, each frequency until its
-        # certificate is within _GRAM_TOL of the estimate (or _GRAM_STEPS squarings): a certified σ² per
-        # frequency at the cost of a few batched matrix products, far cheaper than an eigensolver per frequency.
-        hot = np.flatnonzero(frob2 > low * (1 + _GRAM_TOL))
-        best = float(frob2[np.setdiff1d(np.arange(frob2.size), hot)].max(initial=0.0))
-        hot_freq = np.unique(hot // g)
-        per = max(1, _GRAM_CHUNK_ENTRIES // (g * r * r))
-        grams = []
-        for start in range(0, hot_freq.size, per):
-            k = khat(hot_freq[start:start + per])
-            gram = k @ k.mH if a <= b else k.mH @ k
-            # a sharper estimate from below on these Grams (matrix-vector products only), so that the
-            # certificates below can stop as soon as they are within _GRAM_TOL of the largest σ²
-            x = torch.randn(gram.shape[0], gram.shape[1], 1, generator=gen, dtype=torch.float64).to(gram.dtype)
-            for _ in range(_REFINE_STEPS):
-                x = gram @ x
-                x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-300)
-            low = max(low, float((x.mH @ (gram @ x)).real.max()))
-            grams.append(gram)
-        threshold = low * (1 + _GRAM_TOL)
-        for gram in grams:
-            best = max(best, _gram_certificate(gram, threshold))
-    return math.sqrt(max(best, 0.0)) * rounding_margin(2.0 * n_keep**1.5 * math.sqrt(r) + 2.0 * a * b + 2.0 * r**1.5)
+                est = (x.mH @ (gram @ x)).real.reshape(-1)
+            estimates[first:first + gram.shape[0]] = est.numpy()
+        if r == 1:  # 1×1 Grams are their own λ: the computed maximum, rounded up
+            return max(float(estimates.max(initial=0.0)), 0.0) * (1.0 + 4.0 * EPS64)
+        top = np.argsort(estimates)[::-1][:_EXACT_TOP]
+        lam_hat = max(float(estimates.max(initial=0.0)), float(_dense_lambda_max(grams.select(top)).max()))
+        mu = lam_hat * (1.0 + _CERT_TOL) if lam_hat > 0 else 1e-300
+        failed = _cholesky_failures(grams, mu)
+        for _ in range(_CERT_ROUNDS):
+            if failed.size == 0:
+                break
+            mu = max(mu, float(_dense_lambda_max(grams.select(failed)).max()) * (1.0 + _CERT_TOL))
+            failed = _cholesky_failures(grams, mu, failed)
+        lam = _cholesky_certified(mu, r)
+        if failed.size:
+            lam = max(lam, _gram_certificate(grams.select(failed), mu) * rounding_margin(2.0 * r**1.5))
+    return lam
+
+
+def _dense_lambda_max(gram: torch.Tensor) -> np.ndarray:
+    """λ_max of each Hermitian matrix (dense eigensolver, float64): accurate, used only to place μ."""
+    return torch.linalg.eigvalsh(gram)[:, -1].numpy()
+
+
+def _cholesky_certified(mu: float, r: int) -> float:
+    """What a completed Cholesky of F = fl(μI − G) (r×r) certifies: λ_max(G) <= μ + ε·μ (the rounding of F's
+    diagonal, |μ − G_ii| <= μ once F_ii > 0) + γ_{r+1}·tr(F)/(1 − γ_{r+1}) with tr F <= r·μ(1 + ε); generous
+    constants (×3 on the ε term, rounding_margin's 50× on γ)."""
+    gamma = rounding_margin(r + 1) - 1.0
+    return mu * (1.0 + 3.0 * EPS64 + gamma * r * (1.0 + EPS64) / (1.0 - gamma))
+
+
+def _cholesky_failures(grams: _CircularGrams, mu: float, only: np.ndarray | None = None) -> np.ndarray:
+    """Numbers of the Grams whose Cholesky of fl(μI − G) did not complete (``only``: check just these)."""
+    scale = 2.0 ** -math.frexp(mu)[1]  # an exact power of two: scaling G by it rounds nothing
+    failed: list[np.ndarray] = []
+
+    def check(numbers: np.ndarray, gram: torch.Tensor) -> None:
+        f = gram * (-scale)
+        f.diagonal(dim1=-2, dim2=-1).real.add_(mu * scale)
+        _, info = torch.linalg.cholesky_ex(f)
+        failed.append(numbers[info.numpy() != 0])
+
+    if only is None:
+        for first, gram in grams.chunks():
+            check(np.arange(first, first + gram.shape[0]), gram)
+    else:
+        per = grams.chunk * grams.g
+        for start in range(0, len(only), per):
+            part = np.asarray(only[start:start + per], dtype=np.int64)
+            check(part, grams.select(part))
+    return np.concatenate(failed) if failed else np.empty(0, dtype=np.int64)
 
 
 def _gram_certificate(gram: torch.Tensor, threshold: float) -> float:
@@ -463,15 +623,14 @@ def _reshaped_bound(op: _ConvOperator) -> float:
     ‖y‖² = Σ_o ‖W_g patch_o‖² <= max_g ‖W_g‖² · Σ_o ‖patch_o‖² = max_g ‖W_g‖² · Σ_i count_i·x_i² <= ... · m‖x‖²,
     m = the largest number of (output position, tap) pairs that read one input element, counted exactly
     from the geometry (per dim, multiplied; ⌈k/s⌉ per dim in the interior). Taps that never read a real
-    input are dropped from W_g. Margin: the SVD's max(a, b·T) terms.
+    input are dropped from W_g. σ_max(W_g) is certified by :func:`_gram_sigma`.
     """
     m = op.max_reads()
     used = [np.flatnonzero(valid.any(axis=0)) for valid in op.read_valid]
     w = op.weight[np.ix_(np.arange(op.c_out), np.arange(op.weight.shape[1]), *used)]
     g = op.groups
     mats = w.reshape(g, op.c_out // g, -1)
-    sigma = float(sigma_max_svd(mats).max())
-    return math.sqrt(m) * sigma * rounding_margin(max(mats.shape[1:]) + 2)
+    return math.sqrt(m) * _gram_sigma(mats)[1] * (1.0 + 2.0 * EPS64)
 
 
 def _frobenius_bound(op: _ConvOperator) -> float:
