@@ -500,6 +500,8 @@ class _CircularGrams:
     def select(self, numbers: np.ndarray) -> torch.Tensor:
         """The Grams with these numbers, in the order given."""
         numbers = np.asarray(numbers, dtype=np.int64)
+        if numbers.size == 0:
+            return torch.empty((0, self.r, self.r), dtype=torch.complex128)
         freqs, inverse = np.unique(numbers // self.g, return_inverse=True)
         out = []
         for start in range(0, len(freqs), self.chunk):
@@ -529,6 +531,7 @@ def _certify_grams(grams: _CircularGrams) -> float:
                 est = gram[:, 0, 0].real
             else:
                 x = torch.randn(gram.shape[0], r, 1, generator=gen, dtype=torch.float64).to(torch.complex128)
+                x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
                 for _ in range(_ESTIMATE_STEPS):
                     x = gram @ x
                     x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-300)
@@ -537,7 +540,7 @@ def _certify_grams(grams: _CircularGrams) -> float:
         if r == 1:  # 1×1 Grams are their own λ: the computed maximum, rounded up
             return max(float(estimates.max(initial=0.0)), 0.0) * (1.0 + 4.0 * EPS64)
         top = np.argsort(estimates)[::-1][:_EXACT_TOP]
-        lam_hat = max(float(estimates.max(initial=0.0)), float(_dense_lambda_max(grams.select(top)).max()))
+        lam_hat = max(float(estimates.max(initial=0.0)), float(_dense_lambda_max(grams.select(top)).max(initial=0.0)))
         mu = lam_hat * (1.0 + _CERT_TOL) if lam_hat > 0 else 1e-300
         failed = _cholesky_failures(grams, mu)
         for _ in range(_CERT_ROUNDS):
@@ -553,6 +556,8 @@ def _certify_grams(grams: _CircularGrams) -> float:
 
 def _dense_lambda_max(gram: torch.Tensor) -> np.ndarray:
     """λ_max of each Hermitian matrix (dense eigensolver, float64): accurate, used only to place μ."""
+    if gram.shape[0] == 0:
+        return np.empty(0)
     return torch.linalg.eigvalsh(gram)[:, -1].numpy()
 
 

@@ -1,0 +1,136 @@
+"""The circular-embedding bound against an independent reference: the dense matrix of the strided circular conv
+on the N = M·s grid (built with torch's circular padding, SVD'd in float64). The bound must never be below it and
+may be above it only by the certificate's tolerance (μ = λ̂·(1 + 2e-6), so ~1e-6 on σ)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lipcheck.norms.conv as conv
+from lipcheck.norms.conv import ConvGeometry, _circular_bound, _ConvOperator
+
+TOL = 5e-6
+
+
+def dense_circular_sigma(op: _ConvOperator) -> float:
+    """σ_max of x ↦ subsample_s(circular_conv(x)) on the grid N_d = ⌈padded_d / s_d⌉·s_d: the quantity the
+    circular bound certifies, from its explicit matrix."""
+    d = op.d
+    grid = tuple(math.ceil(p / s) for p, s in zip(op.padded, op.strides))
+    size = tuple(m * s for m, s in zip(grid, op.strides))
+    fn = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
+    n_in = op.c_in * math.prod(size)
+    basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, op.c_in, *size)
+    pad = [p for i in reversed(range(d)) for p in (0, op.eff_kernel[i] - 1)]
+    x = F.pad(basis, pad, mode="circular") if any(pad) else basis
+    y = fn(x, torch.from_numpy(op.weight), stride=op.strides, dilation=op.dilations, groups=op.groups)
+    y = y[(slice(None), slice(None)) + tuple(slice(0, m) for m in grid)]
+    return float(np.linalg.svd(y.reshape(n_in, -1).numpy().T, compute_uv=False)[0])
+
+
+def random_ops(seed: int, count: int) -> list[_ConvOperator]:
+    rng = np.random.default_rng(seed)
+    ops: list[_ConvOperator] = []
+    while len(ops) < count:
+        d = int(rng.choice([1, 2, 2, 3]))
+        g = int(rng.choice([1, 1, 2, 3]))
+        c_in, c_out = g * int(rng.integers(1, 4)), g * int(rng.integers(1, 4))
+        k = tuple(int(rng.integers(1, 4)) for _ in range(d))
+        if all(v == 1 for v in k):
+            continue
+        w = rng.standard_normal((c_out, c_in // g, *k))
+        if rng.random() < 0.3:
+            w = np.abs(w)  # smooth kernels: the maximum sits at frequency 0
+        geom = ConvGeometry(
+            input_spatial=tuple(int(rng.integers(3, 7 if d < 3 else 5)) for _ in range(d)),
+            strides=tuple(int(rng.integers(1, 3)) for _ in range(d)),
+            dilations=tuple(int(rng.integers(1, 3)) for _ in range(d)),
+            pads_begin=tuple(int(rng.integers(0, 3)) for _ in range(d)),
+            pads_end=tuple(int(rng.integers(0, 3)) for _ in range(d)),
+            groups=g,
+        )
+        try:
+            ops.append(_ConvOperator(w, geom))
+        except ValueError:
+            continue
+    return ops
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_circular_bound_matches_dense_circular_operator(seed: int) -> None:
+    for op in random_ops(seed, 15):
+        ref = dense_circular_sigma(op)
+        got = _circular_bound(op)
+        assert ref <= got <= ref * (1 + TOL), (op.weight.shape, op.n, op.strides, op.dilations, ref, got)
+
+
+def test_wide_and_tall_channel_blocks() -> None:
+    """Gram on the output side (C_out < C_in·s²) and on the input side (C_out > C_in·s²)."""
+    rng = np.random.default_rng(7)
+    for c_out, c_in, s in ((2, 6, 1), (8, 1, 1), (3, 2, 2), (12, 1, 2)):
+        w = rng.standard_normal((c_out, c_in, 3, 3))
+        op = _ConvOperator(w, ConvGeometry((5, 6), (s, s), (1, 1), (1, 1), (1, 1), 1))
+        ref = dense_circular_sigma(op)
+        assert ref <= _circular_bound(op) <= ref * (1 + TOL)
+
+
+def test_certificate_holds_when_the_estimates_are_poor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No power steps and no dense eigenvalues: μ starts far too low, every failed Cholesky raises it; still ≥ ref."""
+    monkeypatch.setattr(conv, "_ESTIMATE_STEPS", 0)
+    monkeypatch.setattr(conv, "_EXACT_TOP", 0)
+    for op in random_ops(11, 8):
+        ref = dense_circular_sigma(op)
+        assert ref <= _circular_bound(op) <= ref * (1 + TOL)
+
+
+def test_gram_iteration_fallback_is_still_certified(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no rounds of raising μ, the Grams whose Cholesky fails go to Gram iteration: looser, never below."""
+    monkeypatch.setattr(conv, "_ESTIMATE_STEPS", 0)
+    monkeypatch.setattr(conv, "_EXACT_TOP", 0)
+    monkeypatch.setattr(conv, "_CERT_ROUNDS", 0)
+    for op in random_ops(12, 8):
+        ref = dense_circular_sigma(op)
+        assert _circular_bound(op) >= ref
+
+
+def test_chunked_grams_equal_unchunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frequency chunks of one Gram each, not kept between passes: the same value."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 3, 3, 3))
+    op = _ConvOperator(w, ConvGeometry((6, 6), (1, 1), (1, 1), (1, 1), (1, 1), 1))
+    whole = _circular_bound(op)
+    monkeypatch.setattr(conv, "_FREQ_CHUNK_ENTRIES", 1)
+    monkeypatch.setattr(conv, "_KEEP_GRAM_ENTRIES", 0)
+    assert _circular_bound(op) == pytest.approx(whole, rel=1e-12)
+
+
+def test_cholesky_certificate_on_random_psd_matrices() -> None:
+    """Where fl(μI − G) factors, λ_max(G) is at most the certified value; where λ_max > μ it must not factor."""
+    rng = np.random.default_rng(5)
+    for r in (2, 5, 40):
+        k = rng.standard_normal((20, r, r)) + 1j * rng.standard_normal((20, r, r))
+        gram = torch.from_numpy(k @ np.conj(np.swapaxes(k, -1, -2)))
+        lam = torch.linalg.eigvalsh(gram)[:, -1].numpy()
+        for mu in (float(lam.max()) * (1 + 1e-9), float(np.median(lam))):
+            scale = 2.0 ** -math.frexp(mu)[1]
+            f = gram * (-scale)
+            f.diagonal(dim1=-2, dim2=-1).real.add_(mu * scale)
+            _, info = torch.linalg.cholesky_ex(f)
+            ok = info.numpy() == 0
+            assert np.all(lam[ok] <= conv._cholesky_certified(mu, r))
+            assert not np.any(ok & (lam > mu * (1 + 1e-12)))
+
+
+def test_reshaped_gram_sigma_matches_svd() -> None:
+    rng = np.random.default_rng(9)
+    for shape in ((1, 5, 40), (3, 40, 5), (2, 16, 16)):
+        mats = rng.standard_normal(shape)
+        svd = float(np.linalg.svd(mats, compute_uv=False)[..., 0].max())
+        sigma, upper = conv._gram_sigma(mats)
+        assert sigma == pytest.approx(svd, rel=1e-12)
+        assert svd <= upper <= svd * (1 + 1e-9)
