@@ -31,6 +31,8 @@ def analyze(
     arch: str | None = None,
     arch_kwargs: dict[str, Any] | None = None,
     key: str | None = None,
+    jobs: int | str = 1,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Report:
     """Analyse a model: per-layer spectral norms, a certified upper bound, an estimate and a lower bound.
 
@@ -41,8 +43,21 @@ def analyze(
     The certified ``upper_bound`` is never below the true L2 Lipschitz constant (``None`` = unbounded);
     ``estimate`` composes power-iteration estimates and is not a certificate; ``lower_bound.value`` is a
     measured ratio, a true lower bound.
+
+    ``jobs``: bound the weighted layers (Conv, ConvTranspose, Gemm, MatMul) in that many processes (``0`` or
+    ``"auto"``: one per CPU); the numbers are the same as with 1. ``cache_dir``: a folder (created when
+    missing) keeping those layers' results by a hash of their weights, shapes, attributes and settings, so
+    that a re-run on unchanged layers computes no norm; the report's notes say how many came from it.
     """
+    from lipcheck.bound.parallel import resolve_jobs
+
     progress = progress or NullProgress()
+    n_jobs = resolve_jobs(jobs)
+    cache = None
+    if cache_dir is not None:
+        from lipcheck.bound.cache import open_cache
+
+        cache = open_cache(cache_dir)
     settings = Settings(
         power_iterations=power_iterations, tolerance=tolerance, seed=seed, exact_limit=exact_limit,
         lower_bound=lower_bound, lower_bound_seconds=lower_bound_seconds,
@@ -66,7 +81,9 @@ def analyze(
     if len(floats) > 1:
         notes.append("several float inputs: the bound is with respect to their concatenation")
 
-    result = walk(graph, settings, progress)
+    result = walk(graph, settings, progress, cache=cache, jobs=n_jobs)
+    if cache is not None:
+        notes.append(cache.note())
     float_outputs = [o for o in graph.outputs if o.dtype.startswith(("float", "bfloat")) or o.dtype == "unknown"]
     other_outputs = [o for o in graph.outputs if o not in float_outputs and result.upper.get(o.name, 0.0) > 0]
     if other_outputs:

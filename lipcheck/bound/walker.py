@@ -11,11 +11,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from lipcheck.ir.graph import Graph, Node
-from lipcheck.progress import NullProgress, Progress
+from lipcheck.progress import NullProgress, Progress, WorkMeter
 from lipcheck.report.model import LayerResult, OpResult, Settings, Unbounded
 from lipcheck.rules.registry import NoGlobalConstant, OpBound, RuleContext, rule_for
+
+if TYPE_CHECKING:
+    from lipcheck.bound.cache import LayerCache
 
 INF = math.inf
 
@@ -33,6 +39,7 @@ class WalkResult:
     unbounded: list[Unbounded] = field(default_factory=list)
     # node name -> (its bound, the indices of its live inputs): what :func:`compose` re-uses
     bounds: dict[str, tuple[OpBound, tuple[int, ...]]] = field(default_factory=dict)
+    cached: int = 0  # weighted layers whose rule result came from the layer cache
 
     def output_bound(self, graph: Graph, env: dict[str, float]) -> float:
         return math.sqrt(sum(env.get(o.name, INF) ** 2 for o in graph.outputs))
@@ -61,20 +68,80 @@ def bound_node(node: Node, ctx: RuleContext) -> OpBound:
         raise RuleFailure(f"while bounding node {node.name} ({node.op_type}): {type(exc).__name__}: {exc}") from exc
 
 
-def walk(graph: Graph, settings: Settings, progress: Progress | None = None) -> WalkResult:
+def work_estimate(node: Node, graph: Graph) -> float:
+    """A cheap, rough cost of bounding ``node``, for the progress bar's ETA: a Conv applies its kernel at every
+    input position (C_out·C_in/groups·prod(kernel)·prod(input spatial), which is the weight's size times the
+    input's spatial size); Gemm / MatMul cost their weight's size; everything else about nothing."""
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        return 0.0
+    sizes = [int(np.prod(np.shape(graph.constants[n]))) for n in node.inputs[:2] if n in graph.constants]
+    if not sizes:
+        return 0.0
+    if node.op_type in ("Conv", "ConvTranspose"):
+        spatial = graph.shapes.get(node.inputs[0], ())[2:]
+        return float(sizes[-1]) * float(np.prod(spatial)) if spatial else float(sizes[-1])
+    return float(max(sizes))
+
+
+def walk(
+    graph: Graph,
+    settings: Settings,
+    progress: Progress | None = None,
+    *,
+    cache: LayerCache | None = None,
+    jobs: int = 1,
+) -> WalkResult:
+    """Bound every node in topological order. With ``cache``, the weighted layers' rule results are read
+    from / written to it; with ``jobs`` > 1 the ones not in the cache are first computed in that many worker
+    processes (:mod:`lipcheck.bound.parallel`). Either way the numbers are those of the plain walk."""
     progress = progress or NullProgress()
     producers = {o: n for n in graph.nodes for o in n.outputs}
     ctx = RuleContext(graph=graph, settings=settings, producers=producers)
     res = WalkResult()
     for info in graph.inputs:
         res.upper[info.name] = res.estimate[info.name] = 1.0 if info.is_float else 0.0
-    progress.start(len(graph.nodes), "bounding layers")
-    for node in graph.nodes:
-        progress.advance(node.name)
+    # node index -> its rule's result (or the error it raised), from the cache or a worker
+    ready: dict[int, OpBound | Exception] = {}
+    keys: dict[int, str] = {}
+    if cache is not None:
+        from lipcheck.bound.cache import is_cacheable, layer_key
+
+        for i, node in enumerate(graph.nodes):
+            if is_cacheable(node):
+                key = layer_key(node, graph, settings)
+                if key is None:
+                    continue
+                keys[i] = key
+                hit = cache.load(key, node)
+                if hit is not None:
+                    ready[i] = hit
+                    res.cached += 1
+    meter = WorkMeter(
+        progress,
+        "bounding layers",
+        [(node.name, 1.0 + (0.0 if i in ready else work_estimate(node, graph))) for i, node in enumerate(graph.nodes)],
+    )
+    if jobs > 1:
+        _bound_in_workers(graph, settings, jobs, ready, keys, cache, meter)
+
+    def bound_of(i: int, node: Node) -> OpBound:
+        """``bound_node`` through the cache and the workers' results."""
+        outcome = ready.pop(i, None)
+        if isinstance(outcome, OpBound):
+            return outcome
+        if outcome is not None:
+            raise outcome
+        bound = bound_node(node, ctx)
+        if cache is not None and i in keys:
+            cache.store(keys[i], node, bound)
+        return bound
+
+    for index, node in enumerate(graph.nodes):
+        meter.working_on(index)
         var = ctx.var_inputs(node)
         live = [i for i in var if res.upper.get(node.inputs[i], INF) > 0]
         try:
-            bound = bound_node(node, ctx)
+            bound = bound_of(index, node)
         except NoGlobalConstant as exc:
             if not live:
                 for o in node.outputs:
@@ -132,8 +199,38 @@ def walk(graph: Graph, settings: Settings, progress: Progress | None = None) -> 
             gains = [bound.gains[i] for i in var if i in bound.gains]
             const = max(gains) if gains else 0.0
             res.ops.append(OpResult(node.name, node.op_type, const, bound.rule, bound.loose))
+    meter.close()
     progress.finish()
     return res
+
+
+def _bound_in_workers(
+    graph: Graph,
+    settings: Settings,
+    jobs: int,
+    ready: dict[int, OpBound | Exception],
+    keys: dict[int, str],
+    cache: LayerCache | None,
+    meter: WorkMeter,
+) -> None:
+    """Compute the weighted layers that are not ``ready`` in worker processes, into ``ready`` (and the cache)."""
+    from lipcheck.bound.cache import is_cacheable
+    from lipcheck.bound.parallel import bound_in_workers, layer_task
+
+    tasks = []
+    for i, node in enumerate(graph.nodes):
+        if i not in ready and is_cacheable(node):
+            task = layer_task(i, node, graph, settings)
+            if task is not None:
+                tasks.append(task)
+
+    def arrived(i: int, outcome: OpBound | Exception) -> None:
+        ready[i] = outcome
+        if cache is not None and i in keys and isinstance(outcome, OpBound):
+            cache.store(keys[i], graph.nodes[i], outcome)
+        meter.done(i)
+
+    bound_in_workers(tasks, jobs, arrived)
 
 
 def compose(graph: Graph, result: WalkResult, layer_scale: Mapping[str, float]) -> float:

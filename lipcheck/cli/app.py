@@ -223,6 +223,17 @@ TrustPickleOpt = Annotated[
     bool, typer.Option("--trust-pickle", help="Allow unpickling a whole PyTorch module: runs code from the file.")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Debug logging and full tracebacks.")]
+_JOBS_HELP = ("Bound the weighted layers (Conv, Gemm, MatMul) in N processes; 0 or auto: one per CPU. "
+              "Same numbers as 1.")
+_CACHE_HELP = ("Keep per-layer results in DIR (created if missing), keyed by a hash of weights, shapes and "
+               "settings: a re-run on unchanged layers computes no norm.")
+JobsOpt = Annotated[
+    str, typer.Option("--jobs", "-j", metavar="N", envvar="LIPCHECK_JOBS", help=_JOBS_HELP)
+]
+CacheOpt = Annotated[
+    str | None,
+    typer.Option("--cache", metavar="DIR", envvar="LIPCHECK_CACHE", show_default=False, help=_CACHE_HELP),
+]
 
 
 # ---------------------------------------------------------------------------- gate options (check, analyze)
@@ -316,6 +327,8 @@ def analyze(
         float, typer.Option(min=0.0, help="Time budget of the empirical lower bound, in seconds.")
     ] = 5.0,
     progress: ProgressOpt = None,
+    jobs: JobsOpt = "1",
+    cache: CacheOpt = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     key: KeyOpt = None,
@@ -339,6 +352,13 @@ def analyze(
     def work() -> tuple[Any, str]:
         shapes = parse_input_shapes(input_shape or [])
         kwargs = parse_arch_kwargs(arch_kwargs)
+        from lipcheck.bound.parallel import resolve_jobs
+
+        n_jobs = resolve_jobs(jobs)
+        if cache is not None:
+            from lipcheck.bound.cache import open_cache
+
+            open_cache(cache)  # a path that is a file: one line, exit 2, before loading the model
         if plot is not None:
             _require_plot(plot)
         import lipcheck
@@ -359,6 +379,8 @@ def analyze(
                 arch=arch,
                 arch_kwargs=kwargs,
                 key=key,
+                jobs=n_jobs,
+                cache_dir=cache,
             )
         finally:
             if observer is not None:
@@ -623,6 +645,16 @@ def check(
     no_exact: Annotated[
         bool, typer.Option("--no-exact", help="Skip σ exact for every layer.", rich_help_panel=_ANALYSIS_PANEL)
     ] = False,
+    jobs: Annotated[
+        str | None,
+        typer.Option("--jobs", "-j", metavar="N", envvar="LIPCHECK_JOBS", show_default=False,
+                     help=_JOBS_HELP + " Default 1.", rich_help_panel=_ANALYSIS_PANEL),
+    ] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option("--cache", metavar="DIR", envvar="LIPCHECK_CACHE", show_default=False, help=_CACHE_HELP,
+                     rich_help_panel=_ANALYSIS_PANEL),
+    ] = None,
     arch: Annotated[
         str | None,
         typer.Option("--arch", metavar="MODULE:FACTORY", show_default=False, rich_help_panel=_TORCH_PANEL,
@@ -660,6 +692,8 @@ def check(
     from lipcheck.gate.config import ModelOptions
 
     def prepare() -> tuple[list[Target], dict[str, Snapshot | None]]:
+        from lipcheck.bound.cache import open_cache
+        from lipcheck.bound.parallel import resolve_jobs
         from lipcheck.gate.config import load_config
         from lipcheck.gate.run import check_targets, load_baselines, resolve_targets
 
@@ -682,12 +716,16 @@ def check(
             arch_kwargs=parse_arch_kwargs(arch_kwargs),
             key=key,
             trust_pickle=True if trust_pickle else None,
+            jobs=resolve_jobs(jobs) if jobs is not None else None,
+            cache=cache,
         )
         targets = resolve_targets(models or [], load_config(config), flags)
         check_targets(targets, updating_baseline=update_baseline, max_increase_flag=max_increase is not None)
         for target in targets:
             if target.plot is not None:
                 _require_plot(target.plot)
+            if target.analysis.cache_dir is not None:
+                open_cache(target.analysis.cache_dir)  # not a folder: one line, exit 2, before any analysis
         return targets, load_baselines(targets, updating=update_baseline)
 
     targets, baselines = _run(debug, prepare)

@@ -1,7 +1,8 @@
 """A Rich progress bar on STDERR implementing :class:`lipcheck.progress.Progress`.
 
 It draws only when stderr is a terminal (or when forced with ``--progress``), never on stdout, and it is
-transient: the bar disappears when the analysis finishes, leaving the terminal to the report.
+transient: the bar disappears when the analysis finishes, leaving the terminal to the report. Work is
+weighted (a layer counts by its estimated cost), so the bar shows a percentage, the ETA and the layer.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     SpinnerColumn,
     TaskID,
+    TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -35,7 +36,7 @@ class RichProgress:
         self._bar: _RichBar | None = None
         self._task: TaskID | None = None
 
-    def start(self, total: int, description: str) -> None:
+    def start(self, total: float, description: str) -> None:
         if not self.enabled:
             return
         if self._bar is None:
@@ -43,7 +44,7 @@ class RichProgress:
                 SpinnerColumn(),
                 TextColumn("{task.description}", markup=False),
                 BarColumn(),
-                MofNCompleteColumn(),
+                TaskProgressColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[layer]}", markup=False),
@@ -55,10 +56,10 @@ class RichProgress:
             self._bar.remove_task(self._task)
         self._task = self._bar.add_task(description, total=total if total > 0 else None, layer="")
 
-    def advance(self, label: str) -> None:
+    def advance(self, label: str, work: float = 1.0) -> None:
         if self._bar is None or self._task is None:
             return
-        self._bar.update(self._task, advance=1, layer=_short(label))
+        self._bar.update(self._task, advance=work, layer=_short(label))
 
     def finish(self) -> None:
         if self._bar is None:

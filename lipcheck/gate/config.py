@@ -13,6 +13,9 @@ baseline = "lipcheck/classifier.json"
 max-increase = 2.0                   # percent
 ```
 
+``jobs`` (processes, ``"auto"``) and ``cache`` (the layer cache folder, relative to the config file) may be
+set at the top level or per model.
+
 The file is found by walking up from the current folder: in each folder ``lipcheck.toml`` first, then a
 ``pyproject.toml`` that has a ``[tool.lipcheck]`` table. Keys are kebab-case; every key is validated and an
 unknown or ill-typed one is a :class:`ConfigError` that names the file and the key. Precedence: command-line
@@ -76,6 +79,8 @@ class ModelOptions:
     arch_kwargs: Mapping[str, Any] | None = None
     key: str | None = None
     trust_pickle: bool | None = None
+    jobs: int | None = None  # 0 = one process per CPU
+    cache: str | None = None  # the layer cache folder
 
     def merged(self, override: ModelOptions) -> ModelOptions:
         """These options with every field ``override`` sets replaced."""
@@ -233,6 +238,15 @@ def _input_shape(value: Any, where: _Where) -> InputShapes:
     return _one_shape(value, where)
 
 
+def _jobs(value: Any, where: _Where) -> int:
+    """``jobs = 2``, or ``0`` / ``"auto"`` for one process per CPU (kept as 0)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise where.error(f"expected a number of processes ≥ 1, or 0 / \"auto\" for every CPU, got {value!r}")
+    return value
+
+
 # key -> (ModelOptions field, parser)
 _OPTION_KEYS: dict[str, tuple[str, Parser]] = {
     "input-shape": ("input_shape", _input_shape),
@@ -253,6 +267,8 @@ _OPTION_KEYS: dict[str, tuple[str, Parser]] = {
     "arch-kwargs": ("arch_kwargs", _table),
     "key": ("key", _string),
     "trust-pickle": ("trust_pickle", _boolean),
+    "jobs": ("jobs", _jobs),
+    "cache": ("cache", _path),
 }
 _PER_MODEL_ONLY = {"baseline", "plot"}  # one file per model: not a default for all of them
 MODEL_KEYS = ("path", "name", *_OPTION_KEYS)

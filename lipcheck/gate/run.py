@@ -46,6 +46,8 @@ class AnalysisOptions:
     arch: str | None = None
     arch_kwargs: Mapping[str, Any] | None = None
     key: str | None = None
+    jobs: int = 1  # 0 = one process per CPU
+    cache_dir: str | None = None
 
     def kwargs(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,8 @@ class AnalysisOptions:
             "arch": self.arch,
             "arch_kwargs": dict(self.arch_kwargs) if self.arch_kwargs is not None else None,
             "key": self.key,
+            "jobs": self.jobs,
+            "cache_dir": self.cache_dir,
         }
 
 
@@ -92,6 +96,8 @@ def _target(path: str, name: str, options: ModelOptions) -> Target:
         arch=options.arch,
         arch_kwargs=options.arch_kwargs,
         key=options.key,
+        jobs=_or(options.jobs, defaults.jobs),
+        cache_dir=options.cache,
     )
     thresholds = Thresholds(
         max_lipschitz=options.max_lipschitz,

@@ -114,7 +114,7 @@ def test_lower_bound_exact_and_analysis_flags_are_forwarded(fake: Callable[..., 
     del options["progress"]
     assert options == {"input_shape": (1, 4), "power_iterations": 7, "tolerance": 0.01, "seed": 4, "exact_limit": 0,
                        "lower_bound": True, "lower_bound_seconds": 1.0, "trust_pickle": True, "arch": "a.py:f",
-                       "arch_kwargs": {"w": 2}, "key": "k"}
+                       "arch_kwargs": {"w": 2}, "key": "k", "jobs": 1, "cache_dir": None}
 
 
 # ------------------------------------------------------------------------------- config and env vars
