@@ -53,6 +53,24 @@ def regenerated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return first, second
 
 
+def _assert_same_up_to_ulps(fresh: onnx.ModelProto, committed: onnx.ModelProto) -> None:
+    from onnx import numpy_helper
+
+    a = {t.name: numpy_helper.to_array(t) for t in fresh.graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in committed.graph.initializer}
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+        if a[key].dtype.kind == "f":
+            spacing = np.spacing(np.abs(b[key]).astype(a[key].dtype))
+            assert np.all(np.abs(a[key] - b[key]) <= 4 * spacing), key
+        else:
+            assert np.array_equal(a[key], b[key]), key
+    del fresh.graph.initializer[:]
+    del committed.graph.initializer[:]
+    assert fresh.SerializeToString() == committed.SerializeToString(), "graphs differ beyond weight rounding"
+
+
 def test_every_model_is_committed() -> None:
     assert len(NAMES) == 10
     on_disk = sorted(p.stem for p in SAMPLES.glob("*.onnx"))
@@ -77,6 +95,11 @@ def test_committed_file_matches_generator(name: str, regenerated: tuple[Path, Pa
                 f"{name}.onnx was exported by torch {committed.producer_version}, running {running}: "
                 "exporter output is version-specific"
             )
+    if committed.producer_name == "pytorch" and _sha256(regenerated[0] / f"{name}.onnx") != _sha256(_committed(name)):
+        # the exporter folds BatchNorm into the conv weights in float32 with the CPU's own kernels: machines with
+        # other vector units round a few of those products differently (1 ulp). Same graph, weights within 4 ulp.
+        _assert_same_up_to_ulps(onnx.load(str(regenerated[0] / f"{name}.onnx")), committed)
+        return
     assert _sha256(regenerated[0] / f"{name}.onnx") == _sha256(_committed(name)), (
         f"{name}.onnx differs from what sample_models/generate.py writes; "
         "rerun `python sample_models/generate.py` and commit the result"

@@ -39,17 +39,22 @@ def _analyze(path: Path | str, **options: Any) -> Report:
     return lipcheck.analyze(path, lower_bound=False, **options)
 
 
+# Power estimates are unconverged iterates warm-started at the circular embedding's top frequency; which of two
+# near-tied frequencies wins can flip with the exporter's 1-ulp weight differences, moving an estimate by ~1e-6.
+ESTIMATE_REL = 1e-4
+
+
 def _assert_same_numbers(a: Report, b: Report, rel: float = 1e-6) -> None:
     assert len(a.layers) == len(b.layers)
     for la, lb in zip(a.layers, b.layers):
         assert (la.op, la.input_shape, la.output_shape) == (lb.op, lb.input_shape, lb.output_shape)
         assert la.sigma_exact == pytest.approx(lb.sigma_exact, rel=rel), la.name
         assert la.sigma_upper == pytest.approx(lb.sigma_upper, rel=rel), la.name
-        assert la.sigma_power == pytest.approx(lb.sigma_power, rel=rel), la.name
+        assert la.sigma_power == pytest.approx(lb.sigma_power, rel=max(rel, ESTIMATE_REL)), la.name
         if la.sigma_reshaped is not None:
             assert la.sigma_reshaped == pytest.approx(lb.sigma_reshaped, rel=rel), la.name
     assert a.upper_bound == pytest.approx(b.upper_bound, rel=rel)
-    assert a.estimate == pytest.approx(b.estimate, rel=rel)
+    assert a.estimate == pytest.approx(b.estimate, rel=max(rel, ESTIMATE_REL))
 
 
 @pytest.mark.parametrize(("file", "options", "onnx_name"), CASES, ids=[c[0] for c in CASES])

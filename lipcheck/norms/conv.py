@@ -49,6 +49,7 @@ _EXACT_TOP = 3  # frequencies with the largest estimates whose λ_max is compute
 _CERT_TOL = 2e-6  # μ = (largest λ found)·(1 + this): the certificate on σ ends <= ~1e-6 above the circular σ
 _CERT_ROUNDS = 3  # raise μ to the failed Grams' dense λ_max this many times before falling back
 _GRAM_STEPS = 16  # Gram squarings at most in the fallback certificate
+_WARM_NOISE = 1e-2  # weight of the seeded Gaussian added to the circular warm start of power iteration
 
 
 @dataclass(frozen=True)
@@ -313,13 +314,17 @@ class _ConvOperator:
         return stacked.T if self.n_in <= self.n_out else stacked
 
 
-def _power_iteration_fast(op: _ConvOperator, *, iterations: int, tol: float, seed: int) -> PowerResult:
+def _power_iteration_fast(
+    op: _ConvOperator, *, iterations: int, tol: float, seed: int, start: np.ndarray | None = None
+) -> PowerResult:
     """Power iteration on the conv operator, iterated in float32 (several times faster than float64 convs),
     reported in float64: σ̂ = ‖A v‖ for the final unit v, evaluated with the float64 operator, so it is still
     a true lower bound (an estimate from below) whatever float32 rounding did to the iterations. Same start
     (seeded Gaussian) and stopping rule (relative change of σ̂ below ``tol``) as :func:`power_iteration`."""
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal((1, op.n_in))
+    if start is not None:  # warm start, plus a little of the seeded Gaussian so no direction is excluded
+        v0 = start / np.linalg.norm(start) + _WARM_NOISE * v0 / np.linalg.norm(v0)
     with torch.no_grad():
         v = torch.from_numpy(v0 / np.linalg.norm(v0)).to(torch.float32)
         prev = None
@@ -348,7 +353,12 @@ def _power_iteration_fast(op: _ConvOperator, *, iterations: int, tol: float, see
 # Certified upper bounds
 
 
-def _circular_bound(op: _ConvOperator) -> float:
+def _circular_bound(op: _ConvOperator, seed: int = 0) -> float:
+    """The circular embedding's certified σ (see :func:`_circular_bound_and_vector`)."""
+    return _circular_bound_and_vector(op, seed)[0]
+
+
+def _circular_bound_and_vector(op: _ConvOperator, seed: int = 0) -> tuple[float, np.ndarray | None]:
     """Certified upper bound from the circular convolution that contains the zero-padded one.
 
     Sedghi, Gupta & Long, "The Singular Values of Convolutional Layers", ICLR 2019: a multi-channel circular
@@ -373,9 +383,51 @@ def _circular_bound(op: _ConvOperator) -> float:
     """
     taps = _polyphase_taps(op)
     if taps is None:
-        return 0.0
+        return 0.0, None
     grams = _CircularGrams(taps)
-    return math.sqrt(max(_certify_grams(grams) + grams.shift, 0.0)) * (1.0 + 4.0 * EPS64)
+    lam, best = _certify_grams(grams, seed)
+    sigma = math.sqrt(max(lam + grams.shift, 0.0)) * (1.0 + 4.0 * EPS64)
+    return sigma, _warm_start(op, taps, grams, best)
+
+
+def _warm_start(op: _ConvOperator, taps: _Taps, grams: _CircularGrams, number: int) -> np.ndarray | None:
+    """A start vector for power iteration on the zero-padded conv: the circular embedding's top right singular
+    vector (a plane wave at the top frequency ω*, polyphase components x̂ = K̂(ω*)ᴴu), restricted to the input.
+    Any start is valid for an estimate from below; this one begins close to the top of the spectrum.
+    Returns a unit (1, n_in) float64 array, or None when it has no energy on the input."""
+    freq_index, group = divmod(int(number), grams.g)
+    freq = np.array(np.unravel_index(freq_index, grams.fshape))
+    with torch.no_grad():
+        _, vecs = torch.linalg.eigh(grams.select(np.array([number]))[0])
+    u = vecs[:, -1].numpy()
+    a_side = op.c_out // op.groups <= op.weight.shape[1] * math.prod(op.strides)
+    if a_side:  # G = K̂K̂ᴴ (output side): the input vector is K̂ᴴu
+        theta = np.zeros(len(taps.offsets))
+        for i, m in enumerate(grams.grid):
+            theta += ((freq[i] * taps.offsets[:, i]) % m) / m
+        k_hat = np.tensordot(np.exp(-2j * np.pi * theta), taps.v[:, group], axes=1)  # (a, b)
+        x_hat = np.conj(k_hat).T @ u
+    else:  # the Gram was conj(K̂ᴴK̂): its eigenvector, conjugated, is the input vector
+        x_hat = np.conj(u)
+    x_hat = x_hat.reshape(op.weight.shape[1], *op.strides)  # (c_in/g, phase_1, ..., phase_d)
+    padded = np.meshgrid(*(np.arange(n) + pb for n, pb in zip(op.n, op.pads_begin)), indexing="ij")
+    coarse = [p // s for p, s in zip(padded, op.strides)]
+    phase_of = tuple(p % s for p, s in zip(padded, op.strides))
+    angle = sum(2.0 * np.pi * freq[i] * coarse[i] / m for i, m in enumerate(grams.grid))
+    best: np.ndarray | None = None
+    best_gain = -1.0
+    for sign in (1.0, -1.0):  # which of the conjugate pair the real conv's correlation picks: keep the better
+        x = np.zeros((op.c_in, *op.n))
+        c0 = group * op.weight.shape[1]
+        x[c0:c0 + op.weight.shape[1]] = np.real(x_hat[(slice(None),) + phase_of] * np.exp(sign * 1j * angle))
+        norm = float(np.linalg.norm(x))
+        if norm == 0.0 or not np.isfinite(norm):
+            continue
+        x = x.reshape(1, -1) / norm
+        gain = float(np.linalg.norm(op.forward(x)))
+        if gain > best_gain:
+            best, best_gain = x, gain
+    return best
 
 
 @dataclass(frozen=True)
@@ -510,8 +562,9 @@ class _CircularGrams:
         return stacked[torch.from_numpy(inverse.reshape(-1) * self.g + numbers % self.g)]
 
 
-def _certify_grams(grams: _CircularGrams) -> float:
-    """A certified upper bound on the largest λ_max over every Gram, not counting ``grams.shift``.
+def _certify_grams(grams: _CircularGrams, seed: int = 0) -> tuple[float, int]:
+    """(A certified upper bound on the largest λ_max over every Gram, not counting ``grams.shift``; the number
+    of the Gram with the largest λ_max found).
 
     1. Estimate from below: batched power iteration on every Gram (Rayleigh quotients), then a dense
        eigensolver on the _EXACT_TOP Grams with the largest estimates: λ̂ = the largest value seen.
@@ -523,7 +576,7 @@ def _certify_grams(grams: _CircularGrams) -> float:
        (:func:`_gram_certificate`) certifies what is left.
     """
     r = grams.r
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     estimates = np.empty(grams.size)
     with torch.no_grad():
         for first, gram in grams.chunks():
@@ -537,21 +590,28 @@ def _certify_grams(grams: _CircularGrams) -> float:
                     x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-300)
                 est = (x.mH @ (gram @ x)).real.reshape(-1)
             estimates[first:first + gram.shape[0]] = est.numpy()
+        best = int(np.argmax(estimates)) if estimates.size else 0
         if r == 1:  # 1×1 Grams are their own λ: the computed maximum, rounded up
-            return max(float(estimates.max(initial=0.0)), 0.0) * (1.0 + 4.0 * EPS64)
+            return max(float(estimates.max(initial=0.0)), 0.0) * (1.0 + 4.0 * EPS64), best
         top = np.argsort(estimates)[::-1][:_EXACT_TOP]
-        lam_hat = max(float(estimates.max(initial=0.0)), float(_dense_lambda_max(grams.select(top)).max(initial=0.0)))
+        lam_hat = float(estimates.max(initial=0.0))
+        if top.size:
+            dense = _dense_lambda_max(grams.select(top))
+            best = int(top[int(np.argmax(dense))]) if dense.max() >= lam_hat else best
+            lam_hat = max(lam_hat, float(dense.max()))
         mu = lam_hat * (1.0 + _CERT_TOL) if lam_hat > 0 else 1e-300
         failed = _cholesky_failures(grams, mu)
         for _ in range(_CERT_ROUNDS):
             if failed.size == 0:
                 break
-            mu = max(mu, float(_dense_lambda_max(grams.select(failed)).max()) * (1.0 + _CERT_TOL))
+            dense = _dense_lambda_max(grams.select(failed))
+            if dense.max() * (1.0 + _CERT_TOL) > mu:
+                mu, best = float(dense.max()) * (1.0 + _CERT_TOL), int(failed[int(np.argmax(dense))])
             failed = _cholesky_failures(grams, mu, failed)
         lam = _cholesky_certified(mu, r)
         if failed.size:
             lam = max(lam, _gram_certificate(grams.select(failed), mu) * rounding_margin(2.0 * r**1.5))
-    return lam
+    return lam, best
 
 
 def _dense_lambda_max(gram: torch.Tensor) -> np.ndarray:
@@ -683,7 +743,8 @@ def _operator_norms(
             sigma_reshaped=sigma_reshaped,
         )
 
-    power = _power_iteration_fast(op, iterations=iterations, tol=tol, seed=seed)
+    circular, start = _circular_bound_and_vector(op, seed)
+    power = _power_iteration_fast(op, iterations=iterations, tol=tol, seed=seed, start=start)
 
     candidates: dict[str, float] = {}
     sigma_exact: float | None = None
@@ -713,7 +774,7 @@ def _operator_norms(
         except LanczosError as exc:
             skipped = str(exc)
 
-    candidates["circular-fft"] = _circular_bound(op)
+    candidates["circular-fft"] = circular
     candidates["reshaped-bound"] = _reshaped_bound(op)
     candidates["frobenius"] = _frobenius_bound(op)
     upper_method = min(candidates, key=lambda k: candidates[k])
