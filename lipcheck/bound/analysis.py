@@ -105,7 +105,8 @@ def analyze(
                          "layer: not audited")
     skipped = [layer.name for layer in layers if layer.sigma_exact is None]
     if skipped:
-        notes.append(f"exact σ skipped for {len(skipped)} layer(s) above --exact-limit: " + ", ".join(skipped[:5]))
+        why = "exact values disabled (--no-exact)" if settings.exact_limit <= 0 else "above --exact-limit"
+        notes.append(f"exact σ skipped for {len(skipped)} layer(s), {why}: " + ", ".join(skipped[:5]))
 
     lb: LowerBound | None = None
     if lower_bound:

@@ -752,7 +752,10 @@ def _operator_norms(
     skipped: str | None = None
     small, large = sorted((op.n_in, op.n_out))
     if exact_size > exact_limit:
-        skipped = f"operator has {exact_size:,} inputs > exact_limit {exact_limit:,}"
+        skipped = (
+            "exact values disabled (--no-exact)" if exact_limit <= 0
+            else f"operator has {exact_size:,} inputs > exact_limit {exact_limit:,}"
+        )
     elif small <= 2 or (small <= DENSE_LIMIT and small * large <= DENSE_MAX_ENTRIES):
         sigma_exact = float(sigma_max_svd(op.dense()[None])[0])
         exact_method = "svd"

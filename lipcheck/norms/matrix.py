@@ -31,6 +31,7 @@ from lipcheck.report.model import NormResult
 GRAM_MAX_ITERATIONS = 30
 GRAM_MAX_DIM = 8192  # above this smaller side the r×r Gram products are too costly: Frobenius fallback
 LANCZOS_TOL = 1e-10
+SVD_CERTIFICATE_ENTRIES = 4_000_000  # matrices up to this size are certified by their SVD even when exact is off
 GRAM_STOP_GAP = 1e-6  # stop Gram iteration once within this relative gap of a known lower bound
 STREAM_MIN_ENTRIES = 64 * 2**20  # matrix_norms streams matrices with more entries (no whole float64 copy)
 # float64 bytes of one streamed block of rows: small enough to stay in cache between its conversion and the two
@@ -147,7 +148,7 @@ def matrix_norms(
     if w.ndim != 2:
         raise ValueError(f"matrix_norms expects a 2-D matrix, got shape {w.shape}")
     if w.size > STREAM_MIN_ENTRIES:
-        return streamed_matrix_norms(w, iterations=iterations, tol=tol, seed=seed)
+        return streamed_matrix_norms(w, iterations=iterations, tol=tol, seed=seed, exact_limit=exact_limit)
     w = as_float64(w, "matrix")
     return batched_matrix_norms(w[None], iterations=iterations, tol=tol, seed=seed, exact_limit=exact_limit)
 
@@ -183,7 +184,10 @@ def batched_matrix_norms(
         seed=seed,
     )
 
-    if m * n <= exact_limit or min(m, n) <= 2:  # a thin matrix's SVD is cheap whatever its size
+    lanczos_allowed = min(m, n) <= exact_limit
+    # the dense SVD: up to exact_limit entries, or when it is the cheap certificate of a small matrix whose exact
+    # value the limit excludes from Lanczos (then its value is known anyway), or for thin matrices (cheap always)
+    if m * n <= exact_limit or min(m, n) <= 2 or (not lanczos_allowed and m * n <= SVD_CERTIFICATE_ENTRIES):
         exact = float(sigma_max_svd(ws).max())
         upper = exact * rounding_margin(max(m, n))
         return NormResult(
@@ -202,6 +206,8 @@ def batched_matrix_norms(
     for k in range(b):
         w = ws[k]
         lower = float(power.sigmas[k])
+        if skipped is None and not lanczos_allowed:
+            skipped = _skip_reason(min(m, n), exact_limit)
         if skipped is None:
             try:
                 ex = _lanczos_matrix(w, power.right_vectors[k])
@@ -226,6 +232,12 @@ def batched_matrix_norms(
         upper_method=upper_method,
         exact_skipped=skipped,
     )
+
+
+def _skip_reason(size: int, exact_limit: int) -> str:
+    if exact_limit <= 0:
+        return "exact values disabled (--no-exact)"
+    return f"matrix's smaller side {size:,} > exact_limit {exact_limit:,}"
 
 
 def _lanczos_matrix(w: np.ndarray, v_right: np.ndarray) -> float:
@@ -300,7 +312,9 @@ class StreamedMatrix:
         return np.ascontiguousarray(h)
 
 
-def streamed_matrix_norms(w: np.ndarray, *, iterations: int = 100, tol: float = 1e-6, seed: int = 0) -> NormResult:
+def streamed_matrix_norms(
+    w: np.ndarray, *, iterations: int = 100, tol: float = 1e-6, seed: int = 0, exact_limit: int = 2_000_000
+) -> NormResult:
     """:func:`matrix_norms` for a matrix too big to copy to float64: the same three values, streamed.
 
     sigma_power: power iteration on T (see :class:`StreamedMatrix`; the start vector lives on T's input side),
@@ -330,14 +344,17 @@ def streamed_matrix_norms(w: np.ndarray, *, iterations: int = 100, tol: float = 
     lower = power.sigma
     sigma_exact: float | None = None
     skipped: str | None = None
-    try:
-        sigma_exact = (
-            0.0 if f0 == 0.0
-            else lanczos_sigma_max(lambda x: stream.gram_pass(x)[1], r, v0=power.right_vectors[0], tol=LANCZOS_TOL)
-        )
-        lower = max(lower, sigma_exact)
-    except LanczosError as exc:
-        skipped = str(exc)
+    if r > exact_limit:
+        skipped = _skip_reason(r, exact_limit)
+    else:
+        try:
+            sigma_exact = (
+                0.0 if f0 == 0.0
+                else lanczos_sigma_max(lambda x: stream.gram_pass(x)[1], r, v0=power.right_vectors[0], tol=LANCZOS_TOL)
+            )
+            lower = max(lower, sigma_exact)
+        except LanczosError as exc:
+            skipped = str(exc)
     if r > GRAM_MAX_DIM:
         upper = f0 * rounding_margin(float(r) * long_side)
         upper_method = "frobenius"

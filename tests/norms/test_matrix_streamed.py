@@ -148,3 +148,28 @@ def test_scale_norms() -> None:
     s = M.scale_norms(n, -0.5)
     assert (s.sigma_power, s.sigma_exact, s.sigma_reshaped, s.power_iterations) == (1.0, 1.25, 0.5, 7)
     assert 1.5 < s.sigma_upper <= 1.5 * (1 + 1e-15)
+
+
+def test_no_exact_skips_lanczos_but_keeps_a_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """exact_limit=0 (--no-exact): no Lanczos; small matrices keep their cheap SVD certificate (and its value),
+    bigger ones get the Gram bound, never below the SVD value."""
+    rng = np.random.default_rng(4)
+    small = rng.standard_normal((60, 40))
+    res = M.matrix_norms(small, exact_limit=0)
+    svd = float(np.linalg.svd(small, compute_uv=False)[0])
+    assert res.exact_method == "svd" and res.sigma_exact == pytest.approx(svd, rel=1e-12)
+    monkeypatch.setattr(M, "SVD_CERTIFICATE_ENTRIES", 1000)
+    res = M.matrix_norms(small, exact_limit=0)
+    assert res.sigma_exact is None and res.exact_method == "skipped" and "--no-exact" in (res.exact_skipped or "")
+    assert res.sigma_power <= svd * (1 + 1e-12) and svd <= res.sigma_upper <= svd * 1.01
+
+
+def test_no_exact_on_the_streamed_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lipcheck.norms.matrix as matrix
+
+    monkeypatch.setattr(matrix, "STREAM_MIN_ENTRIES", 100)
+    w = np.random.default_rng(5).standard_normal((50, 30)).astype(np.float32)
+    res = matrix.matrix_norms(w, exact_limit=0)
+    svd = float(np.linalg.svd(w.astype(np.float64), compute_uv=False)[0])
+    assert res.sigma_exact is None and res.exact_method == "skipped"
+    assert svd <= res.sigma_upper
