@@ -44,6 +44,7 @@ LANCZOS_TOL = 1e-10
 _BASIS_CHUNK = 64  # basis vectors pushed through the conv at once when building the explicit matrix
 _FREQ_CHUNK_ENTRIES = 4_000_000  # complex Gram entries per frequency chunk in the circular bound (64 MB)
 _KEEP_GRAM_ENTRIES = 16_000_000  # Grams kept between passes up to this many complex entries (256 MB), else remade
+_SMALL_CHOLESKY = 192  # Grams up to this size are factored one LAPACK call at a time (faster than batched there)
 _ESTIMATE_STEPS = 10  # batched power steps per frequency Gram: where the dense eigensolver looks
 _EXACT_TOP = 3  # frequencies with the largest estimates whose λ_max is computed densely to place μ
 _CERT_TOL = 2e-6  # μ = (largest λ found)·(1 + this): the certificate on σ ends <= ~1e-6 above the circular σ
@@ -246,6 +247,16 @@ class _ConvOperator:
         self._extend = [p for i in reversed(range(d)) for p in (0, self.natural_out[i] - self.out[i])]
         # the transposed conv of a natural-size output has size (o-1)s + ke + op: op makes it the padded size
         self._output_padding = tuple((p - ke) % s for p, ke, s in zip(self.padded, self.eff_kernel, self.strides))
+        # symmetric pads and every output kept: the conv's own padding (and the transposed conv's cropping) do the
+        # zero padding without the separate pad / crop copies
+        self._direct = self.pads_begin == self.pads_end and self.out == self.natural_out
+        self._direct_output_padding = tuple(
+            n - ((o - 1) * s - 2 * p + ke)
+            for n, o, s, p, ke in zip(self.n, self.out, self.strides, self.pads_begin, self.eff_kernel)
+        )
+        if any(not 0 <= op < max(s, dil) for op, s, dil in zip(self._direct_output_padding, self.strides,
+                                                               self.dilations)):
+            self._direct = False
 
     # -- structure -----------------------------------------------------------------------------------
     def max_reads(self) -> int:
@@ -266,6 +277,10 @@ class _ConvOperator:
         b = t.shape[0]
         w = self._w if t.dtype == torch.float64 else self._weight_as(t.dtype)
         t = t.reshape(b, self.c_in, *self.n)
+        if self._direct:
+            y = self._conv(t, w, stride=self.strides, padding=self.pads_begin, dilation=self.dilations,
+                           groups=self.groups)
+            return y.reshape(b, -1)
         if any(self._pad):
             t = F.pad(t, self._pad)
         y = self._conv(t, w, stride=self.strides, dilation=self.dilations, groups=self.groups)
@@ -278,6 +293,12 @@ class _ConvOperator:
         b = t.shape[0]
         w = self._w if t.dtype == torch.float64 else self._weight_as(t.dtype)
         t = t.reshape(b, self.c_out, *self.out)
+        if self._direct:
+            x = self._conv_t(
+                t, w, stride=self.strides, padding=self.pads_begin, output_padding=self._direct_output_padding,
+                groups=self.groups, dilation=self.dilations,
+            )
+            return x.reshape(b, -1)
         if any(self._extend):
             t = F.pad(t, self._extend)
         x = self._conv_t(
@@ -591,11 +612,15 @@ def _certify_grams(grams: _CircularGrams, seed: int = 0) -> tuple[float, int]:
             if r == 1:
                 est = gram[:, 0, 0].real
             else:
-                x = torch.randn(gram.shape[0], r, 1, generator=gen, dtype=torch.float64).to(torch.complex128)
+                # iterated in complex64 (half the memory traffic), the Rayleigh quotient taken in complex128
+                g32 = gram.to(torch.complex64)
+                x = torch.randn(gram.shape[0], r, 1, generator=gen, dtype=torch.float32).to(torch.complex64)
                 x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
                 for _ in range(_ESTIMATE_STEPS):
-                    x = gram @ x
-                    x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-300)
+                    x = g32 @ x
+                    x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-30)
+                x = x.to(torch.complex128)
+                x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-300)
                 est = (x.mH @ (gram @ x)).real.reshape(-1)
             estimates[first:first + gram.shape[0]] = est.numpy()
         best = int(np.argmax(estimates)) if estimates.size else 0
@@ -637,6 +662,19 @@ def _cholesky_certified(mu: float, r: int) -> float:
     return mu * (1.0 + 3.0 * EPS64 + gamma * r * (1.0 + EPS64) / (1.0 - gamma))
 
 
+def _cholesky_completes(f: torch.Tensor) -> np.ndarray:
+    """For each Hermitian matrix of the stack, whether its floating-point Cholesky factorization (LAPACK zpotrf,
+    lower triangle) ran to completion. Small matrices: one LAPACK call each through scipy (about twice as fast as
+    torch's batched path below ~192); larger: torch's batched factorization."""
+    if f.shape[-1] <= _SMALL_CHOLESKY:
+        from scipy.linalg.lapack import zpotrf
+
+        arr = f.numpy()
+        return np.array([zpotrf(arr[i], lower=1, clean=0)[1] == 0 for i in range(arr.shape[0])], dtype=bool)
+    _, info = torch.linalg.cholesky_ex(f)
+    return info.numpy() == 0
+
+
 def _cholesky_failures(grams: _CircularGrams, mu: float, only: np.ndarray | None = None) -> np.ndarray:
     """Numbers of the Grams whose Cholesky of fl(μI − G) did not complete (``only``: check just these)."""
     scale = 2.0 ** -math.frexp(mu)[1]  # an exact power of two: scaling G by it rounds nothing
@@ -645,8 +683,7 @@ def _cholesky_failures(grams: _CircularGrams, mu: float, only: np.ndarray | None
     def check(numbers: np.ndarray, gram: torch.Tensor) -> None:
         f = gram * (-scale)
         f.diagonal(dim1=-2, dim2=-1).real.add_(mu * scale)
-        _, info = torch.linalg.cholesky_ex(f)
-        failed.append(numbers[info.numpy() != 0])
+        failed.append(numbers[~_cholesky_completes(f)])
 
     if only is None:
         for first, gram in grams.chunks():
