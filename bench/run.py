@@ -350,8 +350,14 @@ def render(results: dict[str, Any]) -> str:
         f"lipcheck at {m['commit'] or '?'}"
         + (f" with uncommitted changes in {', '.join(m['dirty'])}" if m["dirty"] else "") + ".",
         f"Command: `{results['command']}`.",
-        "",
     ]
+    for name, res in results["models"].items():
+        ran = res.get("ran")
+        if ran and ran.get("machine"):
+            em = ran["machine"]
+            lines.append(f"{name}: kept from the run of {em['date']} (lipcheck at {em['commit'] or '?'}; "
+                         f"`{ran.get('command')}`).")
+    lines.append("")
     models = results["models"]
 
     # ---- stages
@@ -614,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
                          "threads). 1 by default: on a busy 2-core machine OpenBLAS threads spin and small batched "
                          "SVDs / matmuls get 10-100x slower. 0 = leave the environment as it is")
     ap.add_argument("--render-only", action="store_true", help="re-render <out-dir>/results.json, run nothing")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the models not named in --models from the previous results.json")
     ap.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
     args = ap.parse_args(argv)
     out_dir = Path(args.out_dir)
@@ -628,8 +636,15 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODELS)}")
         out_dir.mkdir(parents=True, exist_ok=True)
-        results = {"machine": machine_info(), "command": "python bench/run.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]), "models": {}}
+        command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        results = {"machine": machine_info(), "command": command, "models": {}}
+        if args.merge and results_path.exists():
+            # re-run some models, keep the others' results from the earlier run (each says when it ran)
+            earlier = json.loads(results_path.read_text())
+            for name, res in earlier.get("models", {}).items():
+                if name not in names:
+                    res.setdefault("ran", {"machine": earlier.get("machine"), "command": earlier.get("command")})
+                    results["models"][name] = res
         for name in names:
             results["models"][name] = bench_model(name, args)
             results_path.write_text(json.dumps(results, indent=1))

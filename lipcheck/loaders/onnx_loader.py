@@ -437,7 +437,8 @@ def _evaluate_constants(
     if values is None:
         initializers = list(model.graph.initializer)
     else:
-        fold_nodes, leaves = _slice_for(fold_nodes, names, values)
+        kept, leaves = constant_slice(fold_nodes, names, lambda t: t in values)  # type: ignore[operator]
+        fold_nodes = [fold_nodes[k] for k in kept]
         initializers = [numpy_helper.from_array(np.asarray(values[n]), n) for n in sorted(leaves)]
     graph = helper.make_graph(
         fold_nodes, "constants", [], [onnx.ValueInfoProto(name=n) for n in names], initializers
@@ -459,11 +460,14 @@ def _evaluate_constants(
     return {n: np.asarray(v) for n, v in zip(names, results)}
 
 
-def _slice_for(
-    fold_nodes: list[onnx.NodeProto], names: list[str], values: Mapping[str, np.ndarray]
-) -> tuple[list[onnx.NodeProto], set[str]]:
-    """The fold nodes ``names`` depend on (in their order) and the stored tensors those nodes read."""
-    producer = {o: k for k, n in enumerate(fold_nodes) for o in n.output if o}
+def constant_slice(
+    fold_nodes: Sequence[onnx.NodeProto], names: Sequence[str], is_leaf: Callable[[str], bool],
+    producer: Mapping[str, int] | None = None,
+) -> tuple[list[int], set[str]]:
+    """(indices of the fold nodes that ``names`` depend on, sorted; the leaf tensors they read): the walk back
+    from ``names`` stops at tensors for which ``is_leaf`` holds, else goes through their producing fold node."""
+    if producer is None:
+        producer = {o: k for k, n in enumerate(fold_nodes) for o in n.output if o}
     keep: set[int] = set()
     leaves: set[str] = set()
     stack = list(names)
@@ -473,14 +477,12 @@ def _slice_for(
         if t in seen:
             continue
         seen.add(t)
-        if t in producer:
-            k = producer[t]
-            if k not in keep:
-                keep.add(k)
-                stack.extend(i for i in fold_nodes[k].input if i)
-        elif t in values:
+        if is_leaf(t):
             leaves.add(t)
-    return [fold_nodes[k] for k in sorted(keep)], leaves
+        elif t in producer and producer[t] not in keep:
+            keep.add(producer[t])
+            stack.extend(i for i in fold_nodes[producer[t]].input if i)
+    return sorted(keep), leaves
 
 
 def _shapes_from_onnxruntime(

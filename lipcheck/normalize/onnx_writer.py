@@ -40,7 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 from lipcheck.errors import InvalidWeightsError, LoadError, UnsupportedModelError, UsageError
 from lipcheck.files import atomic_outputs
 from lipcheck.loaders import check_model_file
-from lipcheck.loaders.onnx_loader import _NONDETERMINISTIC, _evaluate_constants
+from lipcheck.loaders.onnx_loader import _NONDETERMINISTIC, _evaluate_constants, constant_slice
 
 __all__ = ["WeightUse", "WrittenScale", "layer_weights", "write_scaled_onnx"]
 
@@ -442,20 +442,7 @@ def _evaluate(cg: _ConstGraph, values: _Values, names: Sequence[str], scale: Map
             todo.append(n)
     if not todo:
         return out
-    marked: set[int] = set()
-    leaves: set[str] = set()
-    stack = list(todo)
-    seen: set[str] = set()
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        if t in cg.stored:
-            leaves.add(t)
-        elif t in cg.producer:
-            marked.add(cg.producer[t])
-            stack.extend(i for i in cg.fold_nodes[cg.producer[t]].input if i)
+    marked, leaves = constant_slice(cg.fold_nodes, todo, lambda t: t in cg.stored, cg.producer)
     sub = onnx.ModelProto()
     sub.ir_version = cg.ir_version
     sub.opset_import.extend(cg.opsets)
@@ -466,7 +453,7 @@ def _evaluate(cg: _ConstGraph, values: _Values, names: Sequence[str], scale: Map
             sub.graph.initializer.append(numpy_helper.from_array(values.get(leaf, scale.get(leaf)), leaf))
         elif st.node is not None:
             nodes.append(st.node)
-    nodes += [cg.fold_nodes[k] for k in sorted(marked)]
+    nodes += [cg.fold_nodes[k] for k in marked]
     out.update(_evaluate_constants(sub, nodes, todo, label))
     return out
 

@@ -46,6 +46,7 @@ _FREQ_CHUNK_ENTRIES = 4_000_000  # complex Gram entries per frequency chunk in t
 _KEEP_GRAM_ENTRIES = 16_000_000  # Grams kept between passes up to this many complex entries (256 MB), else remade
 _SMALL_CHOLESKY = 192  # Grams up to this size are factored one LAPACK call at a time (faster than batched there)
 _ESTIMATE_STEPS = 10  # batched power steps per frequency Gram: where the dense eigensolver looks
+_ESTIMATE_STEPS_SMALL = 4  # the same for Grams up to _SMALL_CHOLESKY
 _EXACT_TOP = 3  # frequencies with the largest estimates whose λ_max is computed densely to place μ
 _CERT_TOL = 2e-6  # μ = (largest λ found)·(1 + this): the certificate on σ ends <= ~1e-6 above the circular σ
 _CERT_ROUNDS = 3  # raise μ to the failed Grams' dense λ_max this many times before falling back
@@ -76,6 +77,12 @@ def reshaped_kernel_norm(weight: np.ndarray, dim: int = 0) -> float:
     w = as_float64(weight, "conv weight")
     mat = np.moveaxis(w, dim, 0).reshape(w.shape[dim], -1)
     return _gram_sigma(mat[None])[0]
+
+
+def _reshaped_sigma(w: np.ndarray) -> tuple[float, float]:
+    """(:func:`reshaped_kernel_norm` of a Conv weight, a certified upper bound on it): one eigensolve for both the
+    reported σ reshaped and, when every tap reads the input, the reshaped bound."""
+    return _gram_sigma(w.reshape(1, w.shape[0], -1))
 
 
 def _gram_sigma(mats: np.ndarray) -> tuple[float, float]:
@@ -114,9 +121,10 @@ def conv_norms(
     """
     w = as_float64(weight, "conv weight")
     op = _ConvOperator(w, geom)
+    sigma_reshaped, op.reshaped_upper = _reshaped_sigma(w)
     return _operator_norms(
         op,
-        sigma_reshaped=reshaped_kernel_norm(w),
+        sigma_reshaped=sigma_reshaped,
         exact_size=op.n_in,
         iterations=iterations,
         tol=tol,
@@ -220,6 +228,7 @@ class _ConvOperator:
             raise ValueError(f"invalid conv geometry {geom} for weight {weight.shape}")
         self.d = d
         self.weight = weight
+        self.reshaped_upper: float | None = None  # certified σ of the weight reshaped along dim 0, when known
         self.padded = tuple(n + b + e for n, b, e in zip(self.n, self.pads_begin, self.pads_end))
         self.eff_kernel = tuple(dil * (k - 1) + 1 for dil, k in zip(self.dilations, self.kernel))
         if any(p < ke for p, ke in zip(self.padded, self.eff_kernel)):
@@ -383,11 +392,26 @@ def _power_iteration_fast(
 
 
 def _circular_bound(op: _ConvOperator, seed: int = 0) -> float:
-    """The circular embedding's certified σ (see :func:`_circular_bound_and_vector`)."""
-    return _circular_bound_and_vector(op, seed)[0]
+    """The circular embedding's certified σ (see :func:`_circular_bound_and_top`)."""
+    return _circular_bound_and_top(op, seed)[0]
+
+
+@dataclass(frozen=True)
+class _CircularTop:
+    """Where the circular embedding's σ was found: the Gram number (frequency·g + group) among ``grams``."""
+
+    taps: _Taps
+    grams: _CircularGrams
+    number: int
 
 
 def _circular_bound_and_vector(op: _ConvOperator, seed: int = 0) -> tuple[float, np.ndarray | None]:
+    """The circular σ and the power-iteration start vector built from its top frequency."""
+    sigma, top = _circular_bound_and_top(op, seed)
+    return sigma, _power_start_vector(op, top)
+
+
+def _circular_bound_and_top(op: _ConvOperator, seed: int = 0) -> tuple[float, _CircularTop | None]:
     """Certified upper bound from the circular convolution that contains the zero-padded one.
 
     Sedghi, Gupta & Long, "The Singular Values of Convolutional Layers", ICLR 2019: a multi-channel circular
@@ -416,14 +440,17 @@ def _circular_bound_and_vector(op: _ConvOperator, seed: int = 0) -> tuple[float,
     grams = _CircularGrams(taps)
     lam, best = _certify_grams(grams, seed)
     sigma = math.sqrt(max(lam + grams.shift, 0.0)) * (1.0 + 4.0 * EPS64)
-    return sigma, _warm_start(op, taps, grams, best)
+    return sigma, _CircularTop(taps, grams, best)
 
 
-def _warm_start(op: _ConvOperator, taps: _Taps, grams: _CircularGrams, number: int) -> np.ndarray | None:
+def _power_start_vector(op: _ConvOperator, top: _CircularTop | None) -> np.ndarray | None:
     """A start vector for power iteration on the zero-padded conv: the circular embedding's top right singular
     vector (a plane wave at the top frequency ω*, polyphase components x̂ = K̂(ω*)ᴴu), restricted to the input.
     Any start is valid for an estimate from below; this one begins close to the top of the spectrum.
-    Returns a unit (1, n_in) float64 array, or None when it has no energy on the input."""
+    Returns a unit (1, n_in) float64 array, or None when it has no energy on the input (or no ``top``)."""
+    if top is None:
+        return None
+    taps, grams, number = top.taps, top.grams, top.number
     freq_index, group = divmod(int(number), grams.g)
     freq = np.array(np.unravel_index(freq_index, grams.fshape))
     with torch.no_grad():
@@ -616,7 +643,8 @@ def _certify_grams(grams: _CircularGrams, seed: int = 0) -> tuple[float, int]:
                 g32 = gram.to(torch.complex64)
                 x = torch.randn(gram.shape[0], r, 1, generator=gen, dtype=torch.float32).to(torch.complex64)
                 x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
-                for _ in range(_ESTIMATE_STEPS):
+                # small Grams: fewer steps, since a failed Cholesky's dense eigenvalue is cheap there
+                for _ in range(_ESTIMATE_STEPS if r > _SMALL_CHOLESKY else _ESTIMATE_STEPS_SMALL):
                     x = g32 @ x
                     x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-30)
                 x = x.to(torch.complex128)
@@ -737,8 +765,10 @@ def _reshaped_bound(op: _ConvOperator) -> float:
     """
     m = op.max_reads()
     used = [np.flatnonzero(valid.any(axis=0)) for valid in op.read_valid]
-    w = op.weight[np.ix_(np.arange(op.c_out), np.arange(op.weight.shape[1]), *used)]
     g = op.groups
+    if g == 1 and op.reshaped_upper is not None and all(len(u) == k for u, k in zip(used, op.kernel)):
+        return math.sqrt(m) * op.reshaped_upper * (1.0 + 2.0 * EPS64)  # the same matrix as σ reshaped's
+    w = op.weight[np.ix_(np.arange(op.c_out), np.arange(op.weight.shape[1]), *used)]
     mats = w.reshape(g, op.c_out // g, -1)
     return math.sqrt(m) * _gram_sigma(mats)[1] * (1.0 + 2.0 * EPS64)
 
@@ -788,8 +818,8 @@ def _operator_norms(
             sigma_reshaped=sigma_reshaped,
         )
 
-    circular, start = _circular_bound_and_vector(op, seed)
-    power = _power_iteration_fast(op, iterations=iterations, tol=tol, seed=seed, start=start)
+    circular, top = _circular_bound_and_top(op, seed)
+    power = _power_iteration_fast(op, iterations=iterations, tol=tol, seed=seed, start=_power_start_vector(op, top))
 
     candidates: dict[str, float] = {}
     sigma_exact: float | None = None

@@ -51,25 +51,12 @@ def power_iteration(
     a true lower bound up to rounding. Stops after ``iterations`` pairs or when every σ̂ changes by less
     than ``tol`` (relative) between two iterations.
     """
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal((batch, n_in))
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    sig = np.zeros(batch)
-    prev: np.ndarray | None = None
-    done = 0
-    for done in range(1, max(1, int(iterations)) + 1):  # noqa: B007 - `done` is reported
+
+    def both(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         u = apply(v)
-        nu = np.linalg.norm(u, axis=1)
-        u = u / np.where(nu > 0, nu, 1.0)[:, None]
-        w = apply_adjoint(u)
-        nw = np.linalg.norm(w, axis=1)
-        sig = np.maximum(nw, nu)
-        live = nw > 0  # a zero operator keeps its (irrelevant) previous vector
-        v = np.where(live[:, None], w / np.where(live, nw, 1.0)[:, None], v)
-        if prev is not None and np.all(np.abs(sig - prev) <= tol * np.maximum(sig, 1e-300)):
-            break
-        prev = sig
-    return PowerResult(sigma=float(sig.max(initial=0.0)), sigmas=sig, iterations=done, right_vectors=v)
+        return u, apply_adjoint(u)
+
+    return power_iteration_gram(both, n_in, batch=batch, iterations=iterations, tol=tol, seed=seed)
 
 
 def power_iteration_gram(

@@ -82,6 +82,7 @@ def test_wide_and_tall_channel_blocks() -> None:
 def test_certificate_holds_when_the_estimates_are_poor(monkeypatch: pytest.MonkeyPatch) -> None:
     """No power steps and no dense eigenvalues: μ starts far too low, every failed Cholesky raises it; still ≥ ref."""
     monkeypatch.setattr(conv, "_ESTIMATE_STEPS", 0)
+    monkeypatch.setattr(conv, "_ESTIMATE_STEPS_SMALL", 0)
     monkeypatch.setattr(conv, "_EXACT_TOP", 0)
     for op in random_ops(11, 8):
         ref = dense_circular_sigma(op)
@@ -91,6 +92,7 @@ def test_certificate_holds_when_the_estimates_are_poor(monkeypatch: pytest.Monke
 def test_gram_iteration_fallback_is_still_certified(monkeypatch: pytest.MonkeyPatch) -> None:
     """With no rounds of raising μ, the Grams whose Cholesky fails go to Gram iteration: looser, never below."""
     monkeypatch.setattr(conv, "_ESTIMATE_STEPS", 0)
+    monkeypatch.setattr(conv, "_ESTIMATE_STEPS_SMALL", 0)
     monkeypatch.setattr(conv, "_EXACT_TOP", 0)
     monkeypatch.setattr(conv, "_CERT_ROUNDS", 0)
     for op in random_ops(12, 8):
