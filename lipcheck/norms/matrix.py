@@ -38,6 +38,7 @@ STREAM_MIN_ENTRIES = 64 * 2**20  # matrix_norms streams matrices with more entri
 # matrix-vector products that read it (measured: 1 MiB blocks ran a pass over a 11584² float32 memmap in
 # 0.12 s, 32 MiB blocks in 0.27 s, the in-memory float64 matrix in 0.15 s)
 STREAM_BLOCK_BYTES = 2**20
+_TRANSPOSED_BLOCK_BYTES = 2**23  # blocks of a transposed view: 8 MiB (W's rows read in runs of ≥ 1 KiB)
 _GRAM_BLOCK_ROWS = 512  # rows per block for the rank-k updates of the streamed Gram matrix (k this large)
 _SYMMETRIZE_BLOCK = 512
 
@@ -264,12 +265,25 @@ class StreamedMatrix:
         tall = m > n or (m == n and (w.flags.c_contiguous or not w.T.flags.c_contiguous))
         self.t = w if tall else w.T
         self.rows, self.cols = self.t.shape
+        self._transposed = not self.t.flags.c_contiguous and self.t.T.flags.c_contiguous
+        if self._transposed:
+            block_bytes = max(block_bytes, _TRANSPOSED_BLOCK_BYTES)  # longer contiguous runs per row of W
         self.block_rows = max(1, min(self.rows, block_bytes // (8 * max(1, self.cols))))
-        self._buffer = np.empty((self.block_rows, self.cols), dtype=np.float64)
+        self._buffer = np.empty((0 if self._transposed else self.block_rows, self.cols), dtype=np.float64)
 
     def blocks(self, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float64 block) pairs; each block is a shared buffer, valid until the next one."""
         step = self.block_rows if block_rows is None else max(1, min(self.rows, block_rows))
+        if self._transposed:
+            # T = Wᵀ of a C-contiguous wide W: a block of T's rows is a block of W's columns. Copying it as W's
+            # (cols × k) slab, whose rows are contiguous runs, and using the slab's transpose is ~10× faster than
+            # a cast from the transposed view (4096 × 25088 float32: 0.86 s a pass before).
+            for r0 in range(0, self.rows, step):
+                r1 = min(self.rows, r0 + step)
+                slab = np.empty((self.cols, r1 - r0), dtype=np.float64)
+                np.copyto(slab, self.t.T[:, r0:r1], casting="unsafe")  # float32 -> float64 is exact
+                yield r0, slab.T
+            return
         buffer = self._buffer if step == self.block_rows else np.empty((step, self.cols), dtype=np.float64)
         for r0 in range(0, self.rows, step):
             r1 = min(self.rows, r0 + step)
