@@ -79,9 +79,12 @@ class _Clock:
     deadline: float
     start: float
     hit: bool = False
+    step: float = 0.0  # the duration of the last step of the search, the cost expected of the next
 
-    def expired(self) -> bool:
-        if time.perf_counter() >= self.deadline:
+    def expired(self, upcoming: float = 0.0) -> bool:
+        """True once the deadline has passed, or would pass during a step expected to take ``upcoming`` seconds
+        (the last step's duration): the budget is kept instead of overrun by one slow step."""
+        if time.perf_counter() + max(upcoming, 0.0) >= self.deadline:
             self.hit = True
         return self.hit
 
@@ -177,8 +180,9 @@ def _jacobian_norm(f: _Flat, x: torch.Tensor, v0: torch.Tensor, iterations: int,
     best, best_v, prev = math.nan, v0, -1.0
     done = 0
     for _ in range(iterations):
-        if clock.expired():
+        if clock.expired(clock.step):
             break
+        t0 = time.perf_counter()
         u = lin.jvp(v)
         sigma = float(torch.linalg.vector_norm(u))
         done += 1
@@ -192,6 +196,7 @@ def _jacobian_norm(f: _Flat, x: torch.Tensor, v0: torch.Tensor, iterations: int,
             break
         prev = sigma
         v = w / w_norm
+        clock.step = time.perf_counter() - t0
     return best, best_v, done
 
 
@@ -241,8 +246,9 @@ def _ascend(f: _Flat, x0: torch.Tensor, d0: torch.Tensor, steps: int, clock: _Cl
     best, best_x, best_d = math.nan, x0, d0
     done = 0
     for _ in range(steps):
-        if clock.expired():
+        if clock.expired(clock.step):
             break
+        t0 = time.perf_counter()
         xg, dg = x.clone().requires_grad_(True), d.clone().requires_grad_(True)
         num = torch.linalg.vector_norm(f(xg + dg) - f(xg))
         den = torch.linalg.vector_norm(dg)
@@ -263,6 +269,7 @@ def _ascend(f: _Flat, x0: torch.Tensor, d0: torch.Tensor, steps: int, clock: _Cl
             d_norm = float(torch.linalg.vector_norm(d))
             if 0 < d_norm < floor:
                 d.mul_(floor / d_norm)
+        clock.step = time.perf_counter() - t0
     return best, best_x, best_d, done
 
 
@@ -383,7 +390,7 @@ def empirical_lower_bound(
     try:
         # (a) Jacobian norms at random points
         for k, (label, x_np, v_np) in enumerate(points[:jacobian_samples]):
-            if clock.expired():
+            if clock.expired(clock.step):
                 break
             x, v0 = torch.from_numpy(x_np), torch.from_numpy(v_np)
             sigma, v_top, _ = _jacobian_norm(f, x, v0, power_iterations, clock)
@@ -402,7 +409,7 @@ def empirical_lower_bound(
         for x_np, y_np in random_pairs:
             starts.append((torch.from_numpy(x_np), torch.from_numpy(y_np - x_np), "random pair"))
         for k, (x0, d0, label) in enumerate(starts[:ascent_restarts]):
-            if clock.expired():
+            if clock.expired(clock.step):
                 break
             _, bx, bd, done = _ascend(f, x0, d0, ascent_steps, clock)
             steps_done += done
