@@ -74,6 +74,9 @@ def _is_float(info: TensorInfo) -> bool:
     return is_float_info(info)
 
 
+_STEP_FORWARDS = 3.0  # a search step costs about this many evaluator forward passes
+
+
 @dataclass
 class _Clock:
     deadline: float
@@ -102,6 +105,7 @@ class _Flat:
         self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         self.n = sum(self.sizes)
         self.out_index = [k for k, o in enumerate(graph.outputs) if _is_float(o)]
+        self.forward_seconds = 0.0  # one forward pass, measured by the reference check
 
     def split(self, z: torch.Tensor) -> list[torch.Tensor]:
         return [p.reshape(s) for p, s in zip(torch.split(z, self.sizes), self.shapes, strict=True)]
@@ -280,8 +284,10 @@ def _check_reference(f: _Flat, x: np.ndarray, reference: Reference) -> float:
     feeds = [part.reshape(info.shape).astype(_np_dtype(info.dtype))
              for part, info in zip(parts, f.evaluator.float_inputs, strict=True)]
     expected = reference(feeds)
+    t0 = time.perf_counter()
     with torch.no_grad():
         got = f.evaluator(*[torch.from_numpy(a.astype(np.float64)) for a in feeds])
+    f.forward_seconds = time.perf_counter() - t0
     worst = 0.0
     for k in f.out_index:
         ours = got[k].detach().to(torch.float64).numpy()
@@ -373,6 +379,9 @@ def empirical_lower_bound(
             return result(None, f"no lower bound: the torch evaluator failed ({exc})")
         except Exception as exc:  # noqa: BLE001 - the reference runtime's own errors
             return result(None, f"no lower bound: the reference runtime failed ({type(exc).__name__}: {exc})")
+        # a Jacobian step (jvp + vjp) costs about three forward passes: the first step's expected cost, so that
+        # a budget the set-up has nearly used is not overrun by a step on a large model
+        clock.step = max(clock.step, _STEP_FORWARDS * f.forward_seconds)
         if not rel_error <= tol:  # also NaN / inf
             return result(
                 None,
@@ -429,7 +438,12 @@ def empirical_lower_bound(
         )
     value = best if math.isfinite(best) else None
     if value is None:
-        notes.insert(0, "no lower bound: nothing was measured")
+        hint = ""
+        if clock.hit and clock.step > 0:
+            need = math.ceil(clock.elapsed + 2 * clock.step)
+            hint = (f" (the set-up took {clock.elapsed:.1f} s and one step of this model takes about "
+                    f"{clock.step:.1f} s: --lower-bound-seconds {need} or more measures something)")
+        notes.insert(0, "no lower bound: nothing was measured within the budget" + hint)
     say(f"lower bound: {value if value is not None else 'none'} in {clock.elapsed:.2f} s")
     return result(value, "; ".join(notes) or None, samples=samples_done, steps=steps_done,
                   completed=completed, rel_error=rel_error)
