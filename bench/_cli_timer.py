@@ -36,7 +36,7 @@ def stage_of(name: str) -> str | None:
         return "power"
     if "lanczos" in low:
         return "exact"
-    if low == "reshaped_kernel_norm":
+    if low in ("reshaped_kernel_norm", "_reshaped_sigma"):
         return "reshaped"
     if low.endswith(("_bound", "_certificate")) or "circular" in low:
         return "upper"

@@ -411,7 +411,7 @@ def render(results: dict[str, Any]) -> str:
         "--no-lower-bound` (with exact). load = process start to the walk (imports, ONNX load, shape inference, "
         "BN folding). power / certified / σ reshaped / Lanczos: self time during A in the functions of "
         "lipcheck.norms.conv / .matrix whose names say so (`*power*`; `*_bound`, `*_certificate`, `*circular*`; "
-        "`reshaped_kernel_norm`; `*lanczos*`, which A runs for matrix layers although `--no-exact`); other = the "
+        "`reshaped_kernel_norm`, `_reshaped_sigma`; `*lanczos*`, which A runs for matrix layers although `--no-exact`); other = the "
         "rest of the walk (operator set-up, 1×1 convs' SVD, rules). walk A = all per-layer bounds in A; "
         "convs in A = the Conv nodes' share. exact stage = walk B − walk A. lower bound = "
         "wall time of the whole lower-bound stage in A. Peak RSS per process (os.wait4); load / walk A = the peak "
