@@ -7,17 +7,20 @@ normalizes is a different number (:func:`reshaped_kernel_norm`, reported as ``si
 
 For every conv, :func:`conv_norms` returns
 
-- ``sigma_power``: power iteration on the real operator (float64 torch conv and its adjoint, the transposed
-  conv with the output_padding that lands back on the exact input shape): an estimate from below.
+- ``sigma_power``: power iteration on the real operator (torch conv and its adjoint, the transposed conv with
+  the output_padding that lands back on the exact input shape), iterated in float32 from the circular
+  embedding's top singular vector, σ̂ evaluated in float64: an estimate from below.
 - ``sigma_exact``: exact up to floating point. An explicit float64 matrix and its SVD for small operators
-  ("svd"), else Lanczos on the Gram operator of the smaller side ("lanczos", tolerance 1e-10, warm-started
-  from the power vector). Skipped (``None``, with the reason) when the operator has more than
-  ``exact_limit`` inputs. 1×1 convs: SVD of the C_out×C_in channel matrices (max over groups).
+  ("svd"), else Lanczos on the Gram operator of the smaller side ("lanczos", tolerance 1e-10, float64, started
+  from a float32 Lanczos run that starts from the power vector). Skipped (``None``, with the reason) when the
+  operator has more than ``exact_limit`` inputs. 1×1 convs: SVD of the C_out×C_in channel matrices (max over
+  groups).
 - ``sigma_upper``: certified, the minimum of several certified bounds (``upper_method`` names the winner):
   "circular-fft" (Sedghi, Gupta & Long, ICLR 2019, with the polyphase split of Senderovich, Bulatova &
-  Deng 2022 for strides), "reshaped-bound" (Tsuzuku, Sato & Sugiyama, NeurIPS 2018, with the exact overlap
-  count of the geometry), "frobenius" (the operator's Frobenius norm) and, when the explicit matrix was
-  SVD'd, "svd+margin". Each carries an explicit float64 rounding margin (:mod:`lipcheck.norms.margin`).
+  Deng 2022 for strides; every frequency certified by a Cholesky factorization, see :func:`_circular_bound`),
+  "reshaped-bound" (Tsuzuku, Sato & Sugiyama, NeurIPS 2018, with the exact overlap count of the geometry),
+  "frobenius" (the operator's Frobenius norm) and, when the explicit matrix was SVD'd, "svd+margin". Each
+  carries an explicit float64 rounding margin (:mod:`lipcheck.norms.margin`).
 
 ConvTranspose (:func:`conv_transpose_norms`) is the adjoint of the Conv with the same weight from the
 transpose's output shape to its input shape, so it has the same singular values; every method above is
@@ -357,8 +360,9 @@ def _power_iteration_fast(
 ) -> PowerResult:
     """Power iteration on the conv operator, iterated in float32 (several times faster than float64 convs),
     reported in float64: σ̂ = ‖A v‖ for the final unit v, evaluated with the float64 operator, so it is still
-    a true lower bound (an estimate from below) whatever float32 rounding did to the iterations. Same start
-    (seeded Gaussian) and stopping rule (relative change of σ̂ below ``tol``) as :func:`power_iteration`."""
+    a true lower bound (an estimate from below) whatever float32 rounding did to the iterations. Start: the seeded
+    Gaussian of :func:`power_iteration`, or ``start`` plus _WARM_NOISE of it; same stopping rule (relative change
+    of σ̂ below ``tol``)."""
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal((1, op.n_in))
     if start is not None:  # warm start, plus a little of the seeded Gaussian so no direction is excluded
@@ -403,12 +407,6 @@ class _CircularTop:
     taps: _Taps
     grams: _CircularGrams
     number: int
-
-
-def _circular_bound_and_vector(op: _ConvOperator, seed: int = 0) -> tuple[float, np.ndarray | None]:
-    """The circular σ and the power-iteration start vector built from its top frequency."""
-    sigma, top = _circular_bound_and_top(op, seed)
-    return sigma, _power_start_vector(op, top)
 
 
 def _circular_bound_and_top(op: _ConvOperator, seed: int = 0) -> tuple[float, _CircularTop | None]:
