@@ -79,22 +79,25 @@ def test_wide_and_tall_channel_blocks() -> None:
         assert ref <= _circular_bound(op) <= ref * (1 + TOL)
 
 
-def test_certificate_holds_when_the_estimates_are_poor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No power steps and no dense eigenvalues: μ starts far too low, every failed Cholesky raises it; still ≥ ref."""
+@pytest.fixture
+def no_estimates(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No power steps and no dense eigenvalues: μ starts at a random vector's Rayleigh quotient, far too low."""
     monkeypatch.setattr(conv, "_ESTIMATE_STEPS", 0)
     monkeypatch.setattr(conv, "_ESTIMATE_STEPS_SMALL", 0)
     monkeypatch.setattr(conv, "_EXACT_TOP", 0)
+    return monkeypatch
+
+
+def test_certificate_holds_when_the_estimates_are_poor(no_estimates: pytest.MonkeyPatch) -> None:
+    """Every failed Cholesky raises μ to that Gram's dense λ_max: still in [ref, ref·(1 + TOL)]."""
     for op in random_ops(11, 8):
         ref = dense_circular_sigma(op)
         assert ref <= _circular_bound(op) <= ref * (1 + TOL)
 
 
-def test_gram_iteration_fallback_is_still_certified(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gram_iteration_fallback_is_still_certified(no_estimates: pytest.MonkeyPatch) -> None:
     """With no rounds of raising μ, the Grams whose Cholesky fails go to Gram iteration: looser, never below."""
-    monkeypatch.setattr(conv, "_ESTIMATE_STEPS", 0)
-    monkeypatch.setattr(conv, "_ESTIMATE_STEPS_SMALL", 0)
-    monkeypatch.setattr(conv, "_EXACT_TOP", 0)
-    monkeypatch.setattr(conv, "_CERT_ROUNDS", 0)
+    no_estimates.setattr(conv, "_CERT_ROUNDS", 0)
     for op in random_ops(12, 8):
         ref = dense_circular_sigma(op)
         assert _circular_bound(op) >= ref
