@@ -11,6 +11,11 @@ class LoadError(LipcheckError):
     """The model file is missing, unreadable, corrupt, or not a model lipcheck can load."""
 
 
+class InvalidModelError(LoadError):
+    """The model file parses but contradicts itself: tensor data that does not match its shape, an unknown
+    element type, a dimension no tensor can have, a Conv ``group`` that does not fit its weight."""
+
+
 class InputShapeError(LipcheckError):
     """An input shape is dynamic and no ``--input-shape`` fixes it, or the given shape is wrong."""
 

@@ -28,7 +28,8 @@ class Progress(Protocol):
         """A phase of ``total`` units of work begins (``total`` may be 0 when unknown)."""
 
     def advance(self, label: str, work: float = 1.0) -> None:
-        """``work`` more units are done (0: none yet); ``label`` names the layer (node) being worked on."""
+        """``work`` more units are done (0: none yet); ``label`` names the layer (node) being worked on, as
+        the model spells it: any character, escape it before display (``lipcheck.report.text.safe_text``)."""
 
     def finish(self) -> None:
         """The computation is over (or was interrupted); safe to call more than once."""

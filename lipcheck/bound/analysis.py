@@ -7,6 +7,8 @@ import os
 from typing import Any
 
 import lipcheck
+from lipcheck.bound import budget
+from lipcheck.bound.budget import ResourceLimits
 from lipcheck.bound.walker import walk
 from lipcheck.errors import UnsupportedModelError
 from lipcheck.ir.canonicalize import fold_batchnorm
@@ -33,6 +35,8 @@ def analyze(
     key: str | None = None,
     jobs: int | str = 1,
     cache_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    limits: ResourceLimits | None = None,
 ) -> Report:
     """Analyse a model: per-layer spectral norms, a certified upper bound, an estimate and a lower bound.
 
@@ -48,6 +52,13 @@ def analyze(
     ``"auto"``: one per CPU); the numbers are the same as with 1. ``cache_dir``: a folder (created when
     missing) keeping those layers' results by a hash of their weights, shapes, attributes and settings, so
     that a re-run on unchanged layers computes no norm; the report's notes say how many came from it.
+
+    Resource limits (:mod:`lipcheck.bound.budget`): a float input above 2^31 elements is refused
+    (:class:`~lipcheck.bound.budget.ResourceLimitError`); a layer's stage (σ exact, the circular bound, power
+    iteration, the operator itself) whose estimated memory exceeds what is available, or whose estimated time exceeds
+    the stage limit, is skipped with the reason in the notes (the certified σ then comes from a cheaper certified
+    bound); the lower bound is skipped when one step cannot fit. ``force=True`` lifts every limit; ``limits`` sets
+    them (default :class:`~lipcheck.bound.budget.ResourceLimits`).
     """
     from lipcheck.bound.parallel import resolve_jobs
 
@@ -81,15 +92,19 @@ def analyze(
     if len(floats) > 1:
         notes.append("several float inputs: the bound is with respect to their concatenation")
 
-    result = walk(graph, settings, progress, cache=cache, jobs=n_jobs)
+    limits = ResourceLimits(enabled=False) if force else limits
+    with budget.session(limits) as resources:
+        budget.check_input_sizes({i.name: tuple(i.shape) for i in floats})
+        result = walk(graph, settings, progress, cache=cache, jobs=n_jobs)
+        notes.extend(f"resource limits: {event}" for event in resources.events)
     if cache is not None:
         notes.append(cache.note())
     float_outputs = [o for o in graph.outputs if o.dtype.startswith(("float", "bfloat")) or o.dtype == "unknown"]
     other_outputs = [o for o in graph.outputs if o not in float_outputs and result.upper.get(o.name, 0.0) > 0]
     if other_outputs:
         notes.append("non-float outputs that depend on the input: " + ", ".join(o.name for o in other_outputs))
-    upper = math.sqrt(sum(result.upper.get(o.name, math.inf) ** 2 for o in graph.outputs))
-    estimate = math.sqrt(sum(result.estimate.get(o.name, math.inf) ** 2 for o in graph.outputs))
+    upper = result.output_bound(graph, result.upper)
+    estimate = result.output_bound(graph, result.estimate)
     if len(graph.outputs) > 1:
         notes.append("several outputs: the bound is with respect to their concatenation")
     if any(o.loose for o in result.ops):
@@ -103,14 +118,16 @@ def analyze(
         for audit in unmatched:
             notes.append(f"{audit.kind} on {audit.module or 'the model'} ({audit.stored_key}) matched no analysed "
                          "layer: not audited")
-    skipped = [layer.name for layer in layers if layer.sigma_exact is None]
+    skipped = [layer.name for layer in layers
+               if layer.sigma_exact is None and "--force" not in (layer.exact_skipped or "")]
     if skipped:
         why = "exact values disabled (--no-exact)" if settings.exact_limit <= 0 else "above --exact-limit"
         notes.append(f"exact σ skipped for {len(skipped)} layer(s), {why}: " + ", ".join(skipped[:5]))
 
     lb: LowerBound | None = None
     if lower_bound:
-        lb = _lower_bound(graph, model, settings, progress)
+        with budget.session(limits):
+            lb = _lower_bound(graph, model, settings, progress)
     progress.finish()
     certified = math.isfinite(upper)
     return Report(

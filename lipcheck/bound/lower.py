@@ -312,6 +312,54 @@ def _np_dtype(name: str) -> np.dtype:
         return np.dtype(np.float32)
 
 
+def _forward_flops(graph: Graph) -> float:
+    """Rough flops of one forward pass: 2·(weight size / output channels) per output element of a Conv / Gemm /
+    MatMul with a constant weight, ~10 per output element of anything else."""
+    total = 0.0
+    for node in graph.nodes:
+        out = graph.shapes.get(node.outputs[0]) if node.outputs else None
+        elements = float(math.prod(int(d) for d in out)) if out else 1.0
+        weights = [np.shape(graph.constants[i]) for i in node.inputs[:2] if i in graph.constants]
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and weights:
+            shape = max(weights, key=lambda s: math.prod(s))
+            size = float(math.prod(shape))
+            if node.op_type == "ConvTranspose":
+                fan = size / max(1, shape[1]) if len(shape) > 1 else size
+            elif node.op_type == "Conv":
+                fan = size / max(1, shape[0])
+            else:
+                fan = size / max(1, out[-1] if out else 1)
+            total += 2.0 * elements * fan
+        else:
+            total += 10.0 * elements
+    return total
+
+
+def _too_costly(graph: Graph, n: int, time_budget: float) -> str | None:
+    """Why the search cannot start within the limits, or None. Memory (unless --force): the activations of a
+    Jacobian step in float64 (double backward: :data:`~lipcheck.bound.budget.LOWER_BOUND_ACTIVATION_COPIES`
+    copies), the vectors of the input's size it holds and the float64 weights. Time (always, it is the user's
+    budget): the set-up before the first deadline check (the first point's draws, the reference check: two
+    forward passes, estimated from flops and tensor sizes) must fit in ``time_budget``."""
+    from lipcheck.bound import budget
+
+    elements, seconds = budget.forward_cost(graph.shapes, _forward_flops(graph))
+    weights = sum(float(np.size(c)) for c in graph.constants.values())
+    need = 8.0 * (budget.LOWER_BOUND_ACTIVATION_COPIES * elements + budget.LOWER_BOUND_INPUT_COPIES * n + weights)
+    limits, memory = budget.current()
+    if limits.enabled and need > memory:
+        return (f"no lower bound: a step at this input size needs ~{budget.format_bytes(need)} of memory, "
+                f"{budget.format_bytes(memory)} available (resource limits; --force to try)")
+    # the first point's draws, then the reference runtime's pass and ours (the first step is then predicted from
+    # the measured pass, see the caller)
+    first = 2.0 * n * budget.DRAW_SECONDS + 2.0 * (seconds + elements * budget.ELEMENT_SECONDS)
+    if first > time_budget:
+        return (f"no lower bound: its set-up at this input size (random draws, the reference check) is estimated at "
+                f"~{budget.format_seconds(first)}, more than the budget of {time_budget:g} s "
+                f"(--lower-bound-seconds {math.ceil(2 * first + 1)} or more measures something)")
+    return None
+
+
 def empirical_lower_bound(
     graph: Graph,
     *,
@@ -359,22 +407,40 @@ def empirical_lower_bound(
         fixed = ", ".join(i.name for i in graph.inputs if not _is_float(i))
         notes.append(f"integer inputs ({fixed}) held at zero")
 
-    # every random draw up front, so that where the budget stops cannot change what is drawn
-    rng = np.random.default_rng(seed)
     n = f.n
-    points = []
-    for k in range(max(jacobian_samples, 1)):
-        label, scale, kind = _DISTRIBUTIONS[k % len(_DISTRIBUTIONS)]
-        points.append((label, _sample(rng, kind, scale, n), _unit(rng.standard_normal(n))))
-    random_pairs = [(_sample(rng, kind, scale, n), _sample(rng, kind, scale, n))
-                    for _, scale, kind in (_DISTRIBUTIONS[k % 2] for k in range(max(ascent_restarts, 1)))]
+    too_costly = _too_costly(graph, n, time_budget)
+    if too_costly is not None:
+        return result(None, too_costly)
+
+    # every random draw in one fixed order (the points, then the pairs), each made when first needed: where the
+    # budget stops cannot change what is drawn, and only the vectors in use are held (a few of the input's size)
+    rng = np.random.default_rng(seed)
+    n_points = max(jacobian_samples, 1)
+    drawn: list[tuple[str, np.ndarray, np.ndarray] | None] = []
+
+    def point(k: int) -> tuple[str, np.ndarray, np.ndarray]:
+        while len(drawn) <= k:
+            label, scale, kind = _DISTRIBUTIONS[len(drawn) % len(_DISTRIBUTIONS)]
+            drawn.append((label, _sample(rng, kind, scale, n), _unit(rng.standard_normal(n))))
+        item = drawn[k]
+        assert item is not None
+        drawn[k] = None  # the caller holds it now
+        return item
+
+    def random_pair(k: int) -> tuple[np.ndarray, np.ndarray]:
+        while len(drawn) < n_points:  # the points come first in the stream
+            point(len(drawn))
+        _, scale, kind = _DISTRIBUTIONS[k % 2]
+        return _sample(rng, kind, scale, n), _sample(rng, kind, scale, n)
 
     rel_error: float | None = None
     if reference is not None:
         say("lower bound: checking the torch evaluator against the reference runtime")
         tol = reference_tolerance(graph)
         try:
-            rel_error = _check_reference(f, points[0][1], reference)
+            first = point(0)
+            drawn[0] = first  # still to be used by the first Jacobian sample
+            rel_error = _check_reference(f, first[1], reference)
         except LipcheckError as exc:
             return result(None, f"no lower bound: the torch evaluator failed ({exc})")
         except Exception as exc:  # noqa: BLE001 - the reference runtime's own errors
@@ -398,14 +464,16 @@ def empirical_lower_bound(
     jac_points: list[_JacobianPoint] = []
     try:
         # (a) Jacobian norms at random points
-        for k, (label, x_np, v_np) in enumerate(points[:jacobian_samples]):
+        for k in range(jacobian_samples):
             if clock.expired(clock.step):
                 break
+            label, x_np, v_np = point(k)
             x, v0 = torch.from_numpy(x_np), torch.from_numpy(v_np)
             sigma, v_top, _ = _jacobian_norm(f, x, v0, power_iterations, clock)
             samples_done += 1
             if math.isfinite(sigma):
                 jac_points.append(_JacobianPoint(x, sigma, v_top, label))
+                jac_points = sorted(jac_points, key=lambda p: -p.sigma)[:2]  # stable: the same two as at the end
                 best = sigma if not best >= sigma else best
             say(f"lower bound: Jacobian sample {k + 1}/{jacobian_samples} ({label}): ||J||_2 >= {sigma:.6g}")
 
@@ -415,17 +483,20 @@ def empirical_lower_bound(
         for p in sorted(jac_points, key=lambda p: -p.sigma)[:2]:
             step = _PAIR_STEP * max(float(torch.linalg.vector_norm(p.x)), math.sqrt(n) * 1e-2)
             starts.append((p.x, step * p.v_top, f"Jacobian point {p.label}"))
-        for x_np, y_np in random_pairs:
-            starts.append((torch.from_numpy(x_np), torch.from_numpy(y_np - x_np), "random pair"))
-        for k, (x0, d0, label) in enumerate(starts[:ascent_restarts]):
+        total = min(ascent_restarts, len(starts) + max(ascent_restarts, 1))
+        for k in range(total):
             if clock.expired(clock.step):
                 break
+            if k < len(starts):
+                x0, d0, label = starts[k]
+            else:
+                x_np, y_np = random_pair(k - len(starts))
+                x0, d0, label = torch.from_numpy(x_np), torch.from_numpy(y_np - x_np), "random pair"
             _, bx, bd, done = _ascend(f, x0, d0, ascent_steps, clock)
             steps_done += done
             ratio = _measured_ratio(f, bx, bd)
             if math.isfinite(ratio):
                 best = ratio if not best >= ratio else best
-            total = min(ascent_restarts, len(starts))
             say(f"lower bound: ascent {k + 1}/{total} from {label}: ratio {ratio:.6g}")
     except Exception as exc:  # noqa: BLE001 - keep what was measured; say why it stopped
         notes.append(f"stopped during {stage}: {type(exc).__name__}: {exc}")

@@ -41,16 +41,46 @@ class WalkResult:
     bounds: dict[str, tuple[OpBound, tuple[int, ...]]] = field(default_factory=dict)
     cached: int = 0  # weighted layers whose rule result came from the layer cache
 
-    def output_bound(self, graph: Graph, env: dict[str, float]) -> float:
-        return math.sqrt(sum(env.get(o.name, INF) ** 2 for o in graph.outputs))
+    def output_bound(self, graph: Graph, env: Mapping[str, float]) -> float:
+        return rss_up([env.get(o.name, INF) for o in graph.outputs])
+
+
+# Composition rounds every certified number UP: a product, sum or root of a sum of squares of positive values is
+# never rounded down, and never to 0 (float64 weights of 1e-200 give constants of 1e-400: they become the
+# smallest subnormal, not 0). Each operation below is correctly rounded or within 1 ulp (math.hypot, math.fsum),
+# so one step to the next float above covers it.
+_TINY = math.ulp(0.0)
+
+
+def _up(value: float) -> float:
+    return math.nextafter(value, INF) if 0.0 < value < INF else value
+
+
+def mul_up(a: float, b: float) -> float:
+    """An upper bound on a·b for a, b ≥ 0 (0 only when one of them is 0; inf when either is)."""
+    if a == 0.0 or b == 0.0:
+        return 0.0
+    product = a * b
+    return _TINY if product == 0.0 else _up(product)
+
+
+def rss_up(values: list[float]) -> float:
+    """An upper bound on √(Σ v²) for v ≥ 0, without underflow or overflow of the squares."""
+    if any(math.isinf(v) or math.isnan(v) for v in values):
+        return INF
+    return _up(math.hypot(*values))
+
+
+def sum_up(values: list[float]) -> float:
+    if any(math.isinf(v) or math.isnan(v) for v in values):
+        return INF
+    return _up(math.fsum(values))
 
 
 def _combine(values: list[float], combine: str) -> float:
     if not values:
         return 0.0
-    if any(math.isinf(v) for v in values):
-        return INF
-    return math.sqrt(sum(v * v for v in values)) if combine == "rss" else sum(values)
+    return rss_up(values) if combine == "rss" else sum_up(values)
 
 
 def bound_node(node: Node, ctx: RuleContext) -> OpBound:
@@ -166,7 +196,7 @@ def walk(
             continue
         res.bounds[node.name] = (bound, tuple(live))
         est_gains = bound.estimate_gains or bound.gains
-        up = _combine([bound.gains[i] * res.upper[node.inputs[i]] for i in live], bound.combine)
+        up = _combine([mul_up(bound.gains[i], res.upper[node.inputs[i]]) for i in live], bound.combine)
         est = _combine([est_gains.get(i, bound.gains[i]) * res.estimate[node.inputs[i]] for i in live], bound.combine)
         for o in node.outputs:
             if o:
@@ -245,8 +275,8 @@ def compose(graph: Graph, result: WalkResult, layer_scale: Mapping[str, float]) 
         else:
             bound, live = entry
             scale = layer_scale.get(node.name, 1.0)
-            gains = [bound.gains[i] * (scale if bound.norms is not None else 1.0) for i in live]
-            value = _combine([g * env.get(node.inputs[i], INF) for g, i in zip(gains, live)], bound.combine)
+            gains = [mul_up(bound.gains[i], scale if bound.norms is not None else 1.0) for i in live]
+            value = _combine([mul_up(g, env.get(node.inputs[i], INF)) for g, i in zip(gains, live)], bound.combine)
         for o in node.outputs:
             if o:
                 env[o] = value

@@ -11,6 +11,7 @@ Heavy libraries (torch, onnx, onnxruntime, numpy, scipy) are imported inside the
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 import traceback
@@ -59,14 +60,28 @@ _DIM_SEPARATOR = re.compile(r"\s*[,x×]\s*")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1,3,32,32"`` (also ``1x3x32x32``, ``[1, 3, 32, 32]``) -> ``(1, 3, 32, 32)``; dims must be > 0."""
+    """``"1,3,32,32"`` (also ``1x3x32x32``, ``[1, 3, 32, 32]``) -> ``(1, 3, 32, 32)``; dims must be > 0, each at
+    most :data:`~lipcheck.readlimits.MAX_DIM` and together at most :data:`~lipcheck.readlimits.MAX_INPUT_ELEMENTS`
+    elements (a C long or int64 holds them; anything larger could never be allocated)."""
+    from lipcheck.readlimits import MAX_DIM, MAX_INPUT_ELEMENTS
+
     body = text.strip().strip("()[]").strip().removesuffix(",").strip()  # "(8,)" is a 1-d shape
     parts = _DIM_SEPARATOR.split(body) if body else []
     if not parts or not all(part.isdecimal() for part in parts):
-        raise InputShapeError(f"invalid --input-shape {text!r}: expected positive integers, {_SHAPE_EXAMPLE}")
+        raise InputShapeError(f"invalid --input-shape {_clip(repr(text), 80)}: expected positive integers, "
+                              + _SHAPE_EXAMPLE)
+    if any(len(part.lstrip("0")) > 10 for part in parts):  # before int(): no 4300-digit conversions
+        raise InputShapeError(f"invalid --input-shape {_clip(repr(text), 80)}: a dimension is larger than "
+                              f"{MAX_DIM} (2^31-1)")
     dims = tuple(int(part) for part in parts)
     if any(d <= 0 for d in dims):
         raise InputShapeError(f"invalid --input-shape {text!r}: every dimension must be positive")
+    if any(d > MAX_DIM for d in dims):
+        raise InputShapeError(f"invalid --input-shape {text!r}: a dimension is larger than {MAX_DIM} (2^31-1)")
+    elements = math.prod(dims)
+    if elements > MAX_INPUT_ELEMENTS:
+        raise InputShapeError(f"invalid --input-shape {text!r}: {elements} elements, more than the "
+                              f"{MAX_INPUT_ELEMENTS} (2^32) lipcheck can analyse")
     return dims
 
 
@@ -118,8 +133,19 @@ def parse_arch_kwargs(text: str | None) -> dict[str, object] | None:
 # ------------------------------------------------------------------------------------------- output
 
 
+def _require_paths(options: dict[str, str | None]) -> None:
+    """An option that names a file or folder and is given as ``''`` (e.g. an unset shell variable): one line."""
+    for option, value in options.items():
+        if value is not None and not value.strip():
+            raise UsageError(f"{option} is empty: give a file path")
+
+
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """Whitespace runs joined into one space; any other control or bidi character (a model's node name in
+    an error message) escaped for display, e.g. ``\\x1b``."""
+    from lipcheck.report.text import safe_text
+
+    return safe_text(" ".join(str(text).split()))
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -188,9 +214,12 @@ PowerIterationsOpt = Annotated[int, typer.Option(min=1, help="Power iterations p
 ToleranceOpt = Annotated[
     float, typer.Option(min=0.0, help="Power iteration stops once σ changes by less than this (relative).")
 ]
-SeedOpt = Annotated[int, typer.Option(help="Random seed (power iteration starts, lower-bound search).")]
+SeedOpt = Annotated[int, typer.Option(min=0, help="Random seed (power iteration starts, lower-bound search).")]
 ExactLimitOpt = Annotated[int, typer.Option(min=0, help="Largest operator size for which σ exact is computed.")]
 NoExactOpt = Annotated[bool, typer.Option("--no-exact", help="Skip σ exact for every layer.")]
+_FORCE_HELP = ("Lift the resource limits: analyse inputs above 2^31 elements and run every stage however much "
+               "memory or time it is estimated to take (default: such stages are skipped with the reason).")
+ForceOpt = Annotated[bool, typer.Option("--force", "--no-resource-limits", help=_FORCE_HELP)]
 ProgressOpt = Annotated[
     bool | None,
     typer.Option(
@@ -219,8 +248,10 @@ KeyOpt = Annotated[
     typer.Option("--key", help="PyTorch checkpoints: the key that holds the state dict (default: found).",
                  show_default=False),
 ]
+_TRUST_HELP = ("Trust the model file to run its own code: unpickling a whole module, TorchScript or .pt2 "
+               "code with side effects.")
 TrustPickleOpt = Annotated[
-    bool, typer.Option("--trust-pickle", help="Allow unpickling a whole PyTorch module: runs code from the file.")
+    bool, typer.Option("--trust-pickle", envvar="LIPCHECK_TRUST_PICKLE", help=_TRUST_HELP)
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Debug logging and full tracebacks.")]
 _JOBS_HELP = ("Bound the weighted layers (Conv, Gemm, MatMul) in N processes; 0 or auto: one per CPU. "
@@ -268,26 +299,71 @@ PlotOpt = Annotated[
 ]
 
 
-def _run(debug: bool, work: Callable[[], T]) -> T:
-    """Run a command's work: typed errors become one line and exit 2, Ctrl-C exit 130, anything else is a
-    lipcheck bug (one line; the traceback behind --debug)."""
+def _run(debug: bool, work: Callable[[], T], doing: str = "analysing the model") -> T:
+    """Run a command's work: typed errors become one line and exit 2, Ctrl-C exit 130; running out of memory,
+    of recursion depth or of float range, and an OS error (a full disk, a read-only folder) are one line and
+    exit 2 too (``doing`` says what was running); anything else is a lipcheck bug (one line). ``--debug``
+    adds the traceback (and numpy's overflow warnings, silenced otherwise: the report says what overflowed)."""
+    import warnings
+
     if debug:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return work()
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                        message=r"(overflow|invalid value|divide by zero|underflow) encountered")
+            return work()
     except KeyboardInterrupt:
         _fail("interrupted", EXIT_INTERRUPTED)
     except typer.Exit:
         raise
-    except LipcheckError as exc:
+    except Exception as exc:  # noqa: BLE001 - every error ends here as one line
         if debug:
             traceback.print_exc()
-        _fail(f"error: {exc}", _exit_code(exc))
-    except Exception as exc:  # anything else is a lipcheck bug
-        if debug:
-            traceback.print_exc()
-            _fail(f"internal error: {type(exc).__name__}: {exc}")
-        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        cause = _known_cause(exc)
+        if isinstance(cause, LipcheckError):
+            _fail(f"error: {cause}", _exit_code(cause))
+        if cause is not None:
+            _fail(f"error: {_describe(cause, doing)}")
+        hint = "" if debug else " (run with --debug for the traceback)"
+        _fail(f"internal error: {type(exc).__name__}: {_clip(str(exc))}{hint}")
+
+
+def _known_cause(exc: BaseException) -> BaseException | None:
+    """``exc``, or the first exception in its ``__cause__`` chain (a rule's error wrapped by the walker), that is a
+    user-facing error: a :class:`LipcheckError`, running out of memory / recursion depth / float range, or an
+    OS error. ``None``: a lipcheck bug."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, LipcheckError | MemoryError | RecursionError | OverflowError | OSError):
+            return current
+        current = current.__cause__
+    return None
+
+
+def _describe(exc: BaseException, doing: str) -> str:
+    """One line for an exception :func:`_known_cause` accepts (not a :class:`LipcheckError`)."""
+    if isinstance(exc, MemoryError):
+        return (f"out of memory while {doing}; try --no-exact (σ exact needs the largest arrays), a smaller "
+                "--input-shape, or --jobs 1")
+    if isinstance(exc, RecursionError):
+        return f"nesting too deep while {doing} (a model graph or a file nested deeper than Python can follow)"
+    if isinstance(exc, OverflowError):
+        return f"a number too large for float64 or a C integer while {doing} ({_clip(str(exc))})"
+    import os
+
+    assert isinstance(exc, OSError)
+    what = exc.strerror or _clip(str(exc)) or type(exc).__name__
+    names = [os.fsdecode(n) for n in (exc.filename, exc.filename2) if n is not None and not isinstance(n, int)]
+    return f"{' -> '.join(names)}: {what} (while {doing})" if names else f"{what} (while {doing})"
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _exit_code(exc: LipcheckError) -> int:
@@ -326,6 +402,7 @@ def analyze(
     lower_bound_seconds: Annotated[
         float, typer.Option(min=0.0, help="Time budget of the empirical lower bound, in seconds.")
     ] = 5.0,
+    force: ForceOpt = False,
     progress: ProgressOpt = None,
     jobs: JobsOpt = "1",
     cache: CacheOpt = None,
@@ -350,6 +427,7 @@ def analyze(
                             allow_uncertified=allow_uncertified)
 
     def work() -> tuple[Any, str]:
+        _require_paths({"--plot": plot, "--cache": cache})
         shapes = parse_input_shapes(input_shape or [])
         kwargs = parse_arch_kwargs(arch_kwargs)
         from lipcheck.bound.parallel import resolve_jobs
@@ -381,6 +459,7 @@ def analyze(
                 key=key,
                 jobs=n_jobs,
                 cache_dir=cache,
+                force=force,
             )
         finally:
             if observer is not None:
@@ -461,6 +540,7 @@ def normalize(
     """
 
     def work() -> str:
+        _require_paths({"--out": out})
         shapes = parse_input_shapes(input_shape or [])
         kwargs = parse_arch_kwargs(arch_kwargs)
         from lipcheck.normalize import normalize as run_normalize
@@ -482,7 +562,7 @@ def normalize(
         return render_normalize_json(result) if output_format is NormalizeFormat.JSON else \
             render_normalize_table(result)
 
-    _write_stdout(_run(debug, work))
+    _write_stdout(_run(debug, work, "normalizing the model"))
 
 
 # ------------------------------------------------------------------------------------- check (the CI gate)
@@ -497,8 +577,11 @@ def _require_plot(path: str) -> None:
 
 
 def _write_stderr(lines: Sequence[str]) -> None:
+    """Each line escaped for display (names from a model cannot add lines or ANSI sequences)."""
+    from lipcheck.report.text import safe_text
+
     try:
-        sys.stderr.write("".join(line + "\n" for line in lines))
+        sys.stderr.write("".join(safe_text(line) + "\n" for line in lines))
         sys.stderr.flush()
     except BrokenPipeError:  # pragma: no cover - nobody is listening
         pass
@@ -635,7 +718,7 @@ def check(
     ] = None,
     seed: Annotated[
         int | None,
-        typer.Option(show_default=False, help="Random seed (default 0).", rich_help_panel=_ANALYSIS_PANEL),
+        typer.Option(min=0, show_default=False, help="Random seed (default 0).", rich_help_panel=_ANALYSIS_PANEL),
     ] = None,
     exact_limit: Annotated[
         int | None,
@@ -672,8 +755,8 @@ def check(
                      help="Checkpoints: the key that holds the state dict (default: found)."),
     ] = None,
     trust_pickle: Annotated[
-        bool, typer.Option("--trust-pickle", rich_help_panel=_TORCH_PANEL,
-                           help="Allow unpickling a whole module: runs code from the file."),
+        bool, typer.Option("--trust-pickle", envvar="LIPCHECK_TRUST_PICKLE", rich_help_panel=_TORCH_PANEL,
+                           help=_TRUST_HELP + " Never read from the configuration."),
     ] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -697,6 +780,8 @@ def check(
         from lipcheck.gate.config import load_config
         from lipcheck.gate.run import check_targets, load_baselines, resolve_targets
 
+        _require_paths({"--output": output, "--plot": plot, "--baseline": baseline, "--config": config,
+                        "--cache": cache})
         flags = ModelOptions(
             input_shape=parse_input_shapes(input_shape or []),
             max_lipschitz=max_lipschitz,
@@ -728,7 +813,7 @@ def check(
                 open_cache(target.analysis.cache_dir)  # not a folder: one line, exit 2, before any analysis
         return targets, load_baselines(targets, updating=update_baseline)
 
-    targets, baselines = _run(debug, prepare)
+    targets, baselines = _run(debug, prepare, "reading the configuration and baselines")
 
     def analyse() -> CheckRun:
         from lipcheck.gate.run import run_check
@@ -760,7 +845,7 @@ def check(
             return run, None
         return run, text
 
-    run, text = _run(debug, publish)
+    run, text = _run(debug, publish, "writing the outputs")
     if text is not None:
         _write_stdout(text)
     failed = not run.passed
@@ -790,11 +875,19 @@ def _is_json_report(path: str) -> bool:
     """A JSON report (``.json``, or a file whose first non-blank byte is ``{``) rather than a model."""
     if path.lower().endswith(".json"):
         return True
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(64).lstrip()
+    import os
+    import stat
+
+    try:  # non-blocking, regular files only: a FIFO or /dev/zero is left to the loader's error
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return False  # the model loader gives the error
+    try:
+        head = os.read(fd, 64).lstrip() if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return head.startswith(b"{")
 
 
@@ -855,7 +948,7 @@ def diff(
         comparison = compare(side(a), side(b))
         return comparison, output_format.render(comparison)
 
-    comparison, text = _run(debug, work)
+    comparison, text = _run(debug, work, "comparing the models")
     _write_stdout(text)
     if max_increase is not None:
         from lipcheck.gate.decision import CheckKind, Outcome, check_growth

@@ -3,6 +3,7 @@
 It draws only when stderr is a terminal (or when forced with ``--progress``), never on stdout, and it is
 transient: the bar disappears when the analysis finishes, leaving the terminal to the report. Work is
 weighted (a layer counts by its estimated cost), so the bar shows a percentage, the ETA and the layer.
+The layer name comes from the model: it is shown escaped (no control character, no Rich markup).
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from rich.progress import (
 )
 from rich.progress import Progress as _RichBar
 
+from lipcheck.report.text import safe_text
+
 __all__ = ["RichProgress"]
 
 _MAX_LABEL = 48
 
 
 def _short(label: str) -> str:
+    """The label as displayed: escaped (:func:`~lipcheck.report.text.safe_text`), then shortened from the left."""
+    label = safe_text(label)
     return label if len(label) <= _MAX_LABEL else "…" + label[-(_MAX_LABEL - 1) :]
 
 
@@ -54,7 +59,7 @@ class RichProgress:
             self._bar.start()
         if self._task is not None:  # a new phase replaces the previous one on the same line
             self._bar.remove_task(self._task)
-        self._task = self._bar.add_task(description, total=total if total > 0 else None, layer="")
+        self._task = self._bar.add_task(safe_text(description), total=total if total > 0 else None, layer="")
 
     def advance(self, label: str, work: float = 1.0) -> None:
         if self._bar is None or self._task is None:

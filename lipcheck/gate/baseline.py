@@ -17,12 +17,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from lipcheck.errors import LipcheckError
 from lipcheck.files import write_text_atomically
 from lipcheck.gate.rounding import growth_percent, printed
+from lipcheck.readlimits import MAX_BASELINE_BYTES, FileLimitError, read_limited_text
 from lipcheck.report.model import SCHEMA_VERSION, Report
 from lipcheck.report.numbers import format_number
 
@@ -181,8 +181,16 @@ def _number(value: Any, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BaselineError(f"{where}: expected a number or null, got {value!r}")
-    return float(value)
+        raise BaselineError(f"{where}: expected a number or null, got {_clipped(value)}")
+    try:
+        return float(value)
+    except OverflowError:  # an integer past float64's range
+        raise BaselineError(f"{where}: the number {_clipped(value)} is out of float64's range") from None
+
+
+def _clipped(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 4000 else "a huge integer"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def snapshot_from_json(data: Any, source: str, model: str | None = None) -> Snapshot:
@@ -246,17 +254,23 @@ def load_snapshot(path: str | os.PathLike[str], model: str | None = None, *, wha
     """Read a baseline / report JSON file. Raises :class:`BaselineError` (missing, unreadable, not a report).
     ``what`` names the file in messages ("baseline", "report")."""
     source = os.fspath(path)
+    if not source:
+        raise BaselineError(f"the {what} path is empty")
     try:
-        text = Path(source).read_text(encoding="utf-8")
+        text = read_limited_text(source, MAX_BASELINE_BYTES, what=what)
     except FileNotFoundError:
         hint = " (write it with --update-baseline)" if what == "baseline" else ""
         raise BaselineError(f"{what} {source} not found{hint}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BaselineError(f"cannot read {what} {source}: {exc}") from exc
+    except FileLimitError as exc:
+        raise BaselineError(str(exc)) from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BaselineError(f"{source} is not JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from exc
+    except RecursionError:  # e.g. 100000 nested lists: no report nests deeper than a few levels
+        raise BaselineError(f"{source} is not a lipcheck report: its JSON is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise BaselineError(f"{source} is not a lipcheck report: {exc}") from exc
     return snapshot_from_json(data, source, model)
 
 

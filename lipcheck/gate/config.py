@@ -16,6 +16,9 @@ max-increase = 2.0                   # percent
 ``jobs`` (processes, ``"auto"``) and ``cache`` (the layer cache folder, relative to the config file) may be
 set at the top level or per model.
 
+``trust-pickle = true`` is refused (:class:`ConfigError`): the file is part of what is reviewed, so trust in a
+model file comes only from ``--trust-pickle`` or ``LIPCHECK_TRUST_PICKLE=1``, set by whoever runs lipcheck.
+
 The file is found by walking up from the current folder: in each folder ``lipcheck.toml`` first, then a
 ``pyproject.toml`` that has a ``[tool.lipcheck]`` table. Keys are kebab-case; every key is validated and an
 unknown or ill-typed one is a :class:`ConfigError` that names the file and the key. Precedence: command-line
@@ -175,6 +178,16 @@ def _boolean(value: Any, where: _Where) -> bool:
     return value
 
 
+def _no_trust(value: Any, where: _Where) -> bool:
+    """``trust-pickle = false`` only: the configuration sits in the repository under review, so a pull request
+    could add ``true`` next to a model that runs code when loaded. Trust comes from whoever runs lipcheck."""
+    if _boolean(value, where):
+        raise where.error("trust cannot come from the files under review (a pull request could set it next to a "
+                          "model that runs code): remove the key and pass --trust-pickle, or set "
+                          "LIPCHECK_TRUST_PICKLE=1, where lipcheck is run (the CI job)")
+    return False
+
+
 def _string(value: Any, where: _Where) -> str:
     if not isinstance(value, str) or not value.strip():
         raise where.error(f"expected a non-empty string, got {_type_name(value)} ({value!r})")
@@ -266,7 +279,7 @@ _OPTION_KEYS: dict[str, tuple[str, Parser]] = {
     "arch": ("arch", _arch),
     "arch-kwargs": ("arch_kwargs", _table),
     "key": ("key", _string),
-    "trust-pickle": ("trust_pickle", _boolean),
+    "trust-pickle": ("trust_pickle", _no_trust),
     "jobs": ("jobs", _jobs),
     "cache": ("cache", _path),
 }
@@ -351,14 +364,22 @@ def _tomllib() -> ModuleType:
 
 
 def _read_toml(path: Path, shown: str) -> dict[str, Any]:
+    from lipcheck.readlimits import MAX_CONFIG_BYTES, FileLimitError, read_limited_text
+
     toml = _tomllib()
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {shown}: {exc}") from exc
+        text = read_limited_text(path, MAX_CONFIG_BYTES, what="config file")
+    except FileLimitError as exc:
+        raise ConfigError(str(exc).replace(os.fspath(path), shown)) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {shown}: {exc.strerror or exc}") from exc
     try:
         data: dict[str, Any] = toml.loads(text)
     except toml.TOMLDecodeError as exc:
+        raise ConfigError(f"{shown}: invalid TOML: {exc}") from exc
+    except RecursionError:  # arrays nested thousands deep
+        raise ConfigError(f"{shown}: invalid TOML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
         raise ConfigError(f"{shown}: invalid TOML: {exc}") from exc
     return data
 
@@ -388,7 +409,8 @@ def load_config(path: str | os.PathLike[str] | None = None, cwd: Path | None = N
     if path is not None:
         file = (cwd / os.fspath(path)).resolve()
         if not file.is_file():
-            raise ConfigError(f"config file {os.fspath(path)} not found")
+            state = "is not a regular file" if file.exists() else "not found"  # e.g. /dev/zero, a FIFO
+            raise ConfigError(f"config file {os.fspath(path)} {state}")
     else:
         found = find_config(cwd)
         if found is None:

@@ -135,7 +135,8 @@ def resolve_targets(models: Sequence[str], config: Config, flags: ModelOptions) 
         )
     targets = []
     for path, name, options in chosen:
-        merged = options.merged(flags)
+        # trust in a model file comes from the command line (or LIPCHECK_TRUST_PICKLE), never from the configuration
+        merged = replace(options.merged(flags), trust_pickle=flags.trust_pickle)
         if flags.plot is not None and len(chosen) > 1:
             merged = replace(merged, plot=_plot_name(flags.plot, name))
         targets.append(_target(path, name, merged))

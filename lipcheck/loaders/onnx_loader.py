@@ -29,6 +29,7 @@ from lipcheck.arrays import nonfinite_kind, release_pages
 from lipcheck.errors import InputShapeError, InvalidWeightsError, LoadError
 from lipcheck.ir.graph import Graph, Node, TensorInfo
 from lipcheck.loaders import check_model_file
+from lipcheck.loaders.onnx_graph import inline_constant_ifs, outer_scope_reads, subgraphs, validate_model
 
 InputShapes = Sequence[int] | Mapping[str, Sequence[int]] | None
 
@@ -64,6 +65,9 @@ def read_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, dict[str,
         raise LoadError(f"{p}: not an ONNX model, or the file is truncated or corrupt ({_short(exc)})") from exc
     if not model.graph.node and not model.graph.initializer and not model.graph.input:
         raise LoadError(f"{p}: not an ONNX model (no graph found in the file)")
+    from lipcheck.loaders.onnx_tensors import validate_tensors
+
+    validate_tensors(model, p)  # data lengths, dims, element types, Conv groups: one InvalidModelError
     return model, map_external_data(model, p)
 
 
@@ -232,24 +236,14 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
-def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: InputShapes = None) -> Graph:
-    """Load an ONNX model (path or ModelProto) into the IR with static shapes and folded constants."""
-    external: dict[str, np.ndarray] = {}
-    if isinstance(source, onnx.ModelProto):
-        model = onnx.ModelProto()
-        model.CopyFrom(source)
-        label = model.graph.name or "<model>"
-    else:
-        model, external = read_model(source)
-        label = str(source)
-    g = model.graph
-    if not g.node:
-        raise LoadError(f"{label}: the graph is empty (no nodes)")
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    shapes_in = _resolve_input_shapes(model, input_shape)
+_MAX_INLINE_ROUNDS = 64  # If nesting resolved at load time; deeper constant Ifs stay Ifs (bounded as control flow)
 
-    # 2. fix input shapes, infer the rest
-    for vi in g.input:
+
+def _infer(
+    model: onnx.ModelProto, shapes_in: Mapping[str, tuple[int, ...]], label: str
+) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Fix the graph inputs' shapes to ``shapes_in`` (in place) and infer every other tensor's shape and type."""
+    for vi in model.graph.input:
         if vi.name in shapes_in:
             dims = vi.type.tensor_type.shape.dim
             del dims[:]
@@ -268,22 +262,23 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
         if vi.type.HasField("tensor_type"):
             dtypes[name] = _dtype_name(vi.type.tensor_type.elem_type)
             dims = _dims(vi)
-            if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
+            if dims is not None and all(isinstance(d, int) and d >= 0 for d in dims):
                 shapes[name] = tuple(dims)  # type: ignore[arg-type]
-            elif dims is not None and all(isinstance(d, int) for d in dims) and 0 in dims:
-                shapes[name] = tuple(dims)  # type: ignore[arg-type]
+    return shapes, dtypes
 
-    # 3. constant folding
-    stored: dict[str, np.ndarray] = {
-        t.name: external[t.name] if t.name in external else numpy_helper.to_array(t) for t in g.initializer
-    }
+
+def _classify(
+    g: onnx.GraphProto, stored: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]
+) -> tuple[set[str], dict[str, set[str]], list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """(constant tensor names, each constant's stored ancestors, the nodes that fold to constants, the nodes that
+    depend on a model input). A node with subgraphs is never folded: its subgraphs may read any tensor around it."""
     const_names = set(stored)
     origins: dict[str, set[str]] = {n: {n} for n in stored}
     fold_nodes: list[onnx.NodeProto] = []
     live_nodes: list[onnx.NodeProto] = []
     for node in g.node:
         ins = [i for i in node.input if i]
-        has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        has_subgraph = any(True for _ in subgraphs(node))
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             fold_nodes.append(node)
             for o in node.output:
@@ -315,11 +310,59 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
                     origins[o] = anc
             continue
         live_nodes.append(node)
+    return const_names, origins, fold_nodes, live_nodes
 
-    if not stored and not any(n.op_type == "Constant" for n in fold_nodes):
-        raise LoadError(f"{label}: the model has no weights (no initializers or Constant nodes): nothing to analyse")
+
+def _inline_ifs(
+    model: onnx.ModelProto,
+    live_nodes: Sequence[onnx.NodeProto],
+    const_names: set[str],
+    fold_nodes: list[onnx.NodeProto],
+    stored: Mapping[str, np.ndarray],
+    label: str,
+) -> int:
+    """Inline every If whose condition folds to a constant (see :func:`inline_constant_ifs`); how many."""
+    conds = sorted({n.input[0] for n in live_nodes if n.op_type == "If" and n.input and n.input[0] in const_names})
+    if not conds:
+        return 0
+    values = {n: stored[n] for n in conds if n in stored}
+    missing = [n for n in conds if n not in values]
+    if missing:
+        values.update(_evaluate_constants(model, fold_nodes, missing, label, values=stored))
+    return inline_constant_ifs(model, values.get)
+
+
+def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: InputShapes = None) -> Graph:
+    """Load an ONNX model (path or ModelProto) into the IR with static shapes and folded constants."""
+    external: dict[str, np.ndarray] = {}
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        label = model.graph.name or "<model>"
+    else:
+        model, external = read_model(source)
+        label = str(source)
+    g = model.graph
+    if not g.node:
+        raise LoadError(f"{label}: the graph is empty (no nodes)")
+    validate_model(model, None if isinstance(source, onnx.ModelProto) else Path(source), label)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    shapes_in = _resolve_input_shapes(model, input_shape)
+
+    # 2. fix input shapes, infer the rest; 3. find the constant subgraphs. An If whose condition is constant is
+    # replaced by its branch, and this is redone (a nested If is top-level after its parent's inlining).
+    for _round in range(_MAX_INLINE_ROUNDS + 1):
+        shapes, dtypes = _infer(model, shapes_in, label)
+        stored: dict[str, np.ndarray] = {
+            t.name: external[t.name] if t.name in external else numpy_helper.to_array(t) for t in g.initializer
+        }
+        const_names, origins, fold_nodes, live_nodes = _classify(g, stored, shapes)
+        if _round == _MAX_INLINE_ROUNDS or not _inline_ifs(model, live_nodes, const_names, fold_nodes, stored, label):
+            break
+
     graph_inputs = [vi for vi in g.input if vi.name not in stored]
-    needed = {i for n in live_nodes for i in n.input if i and i in const_names}
+    reads = {id(n): tuple(n.input) + outer_scope_reads(n) for n in live_nodes}
+    needed = {i for n in live_nodes for i in reads[id(n)] if i and i in const_names}
     needed |= {o.name for o in g.output if o.name in const_names}
     constants: dict[str, np.ndarray] = {n: stored[n] for n in needed if n in stored}
     to_eval = sorted(n for n in needed if n not in stored)
@@ -348,13 +391,13 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
             name = f"{name}_{idx}"
         used.add(name)
         nodes.append(
-            Node(name=name, op_type=node.op_type, inputs=tuple(node.input), outputs=tuple(node.output),
+            Node(name=name, op_type=node.op_type, inputs=reads[id(node)], outputs=tuple(node.output),
                  attrs=_attrs(node), domain="" if node.domain == "ai.onnx" else node.domain)
         )
     for vi in graph_inputs:
         shapes[vi.name] = shapes_in[vi.name]
         dtypes[vi.name] = _dtype_name(vi.type.tensor_type.elem_type)
-    live_tensors = {t for n in live_nodes for t in list(n.input) + list(n.output) if t and t not in const_names}
+    live_tensors = {t for n in live_nodes for t in reads[id(n)] + tuple(n.output) if t and t not in const_names}
     live_tensors |= {o.name for o in g.output if o.name not in const_names}
     missing = sorted(t for t in live_tensors if t not in shapes or t not in dtypes or dtypes[t] == "unknown")
     if missing:

@@ -8,10 +8,14 @@ report's ``param`` column carries the torch names. Every torch-version shim live
 
 What it reads (:func:`sniff` tells the kinds apart without executing anything):
 
-- TorchScript archives (``torch.jit.save``): ``torch.jit.load``.
+- TorchScript archives (``torch.jit.save``): compiled and inspected before anything of them runs
+  (:func:`load_torchscript`): lipcheck runs a model's forward (export, lower bound, parity), so without
+  ``trust_pickle`` an archive whose code has side effects (files, printing, Python, custom ops or classes,
+  a ``__setstate__`` that loading would run) is refused.
 - torch.export programs (``torch.export.save``, ``.pt2``): ``torch.export.load``; they carry their input shape.
 - ``torch.save`` files: loaded with ``weights_only=True``. A whole pickled module needs unpickling, which
-  runs code from the file: only with ``trust_pickle=True`` (``--trust-pickle``).
+  runs code from the file: only with ``trust_pickle=True`` (``--trust-pickle``: "trust this file to run its
+  own code").
 - State dicts and training checkpoints: need ``arch`` (``package.module:factory`` or ``path/file.py:factory``,
   a callable returning the ``nn.Module``); nested state dicts are found under common keys, ``key`` picks one;
   DataParallel ``module.`` and torch.compile ``_orig_mod.`` prefixes are stripped; spectral_norm / weight_norm
@@ -28,6 +32,7 @@ import dataclasses
 import importlib
 import importlib.util
 import io
+import json
 import os
 import pickletools
 import re
@@ -136,18 +141,20 @@ def _load_file(path: Path, options: TorchOptions) -> _Loaded:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if kind == "torchscript":
-            try:
-                module = torch.jit.load(str(path), map_location="cpu")
-            except Exception as exc:  # noqa: BLE001
-                raise LoadError(f"{path}: a TorchScript archive that torch.jit.load cannot read ({_short(exc)})") \
-                    from exc
-            return _Loaded(module, "TorchScript archive")
+            return _Loaded(load_torchscript(path, options), "TorchScript archive")
         if kind == "export":
+            if not options.trust_pickle:
+                _check_export_archive(path)
             try:
                 program = torch.export.load(str(path))
             except Exception as exc:  # noqa: BLE001
                 raise LoadError(f"{path}: a torch.export program that torch.export.load cannot read "
                                 f"({_short(exc)})") from exc
+            if not options.trust_pickle:
+                refusal = export_refusal(program)
+                if refusal:
+                    raise LoadError(f"{path}: {refusal}; lipcheck runs the model to check it, so it does not: "
+                                    f"{TRUST_HINT}")
             return _from_exported_program(program)
         if kind != "pickle":
             raise LoadError(f"{path}: not a PyTorch file (expected a TorchScript archive, a torch.export .pt2 "
@@ -215,6 +222,232 @@ def _from_exported_program(program: Any) -> _Loaded:
     except Exception:  # noqa: BLE001 - older programs without example inputs: --input-shape then
         shapes = None
     return _Loaded(program.module(), "torch.export program", example_shapes=shapes)
+
+
+# ------------------------------------------------------------------------------------ TorchScript code
+
+TRUST_HINT = "pass --trust-pickle if you trust this file to run its own code"
+# TorchScript code may call ops of these namespaces only; the rest (custom libraries, quantized::, cuda::,
+# profiler::, ...) could do anything their C++ does
+_SAFE_NAMESPACES = frozenset({"aten", "prim"})
+# aten / prim ops with effects outside the tensors, and what they do
+_UNSAFE_OPS = {
+    "aten::from_file": "maps a file into a tensor",
+    "aten::save": "writes a file",
+    "aten::_print": "prints",
+    "prim::Print": "prints",
+    "prim::PythonOp": "calls Python code",
+    "prim::IgnoredPythonOp": "calls Python code",
+    "prim::rpc_async": "calls another process",
+    "prim::rpc_remote": "calls another process",
+    "prim::rpc_sync": "calls another process",
+    "aten::set_": "points a tensor at other storage",
+}
+# any other aten / prim op whose name says it may touch files, storage, processes or Python
+_UNSAFE_WORDS = re.compile(r"file|save|load|print|pickle|python|rpc|storage|mmap|shm|socket|system|exec|popen|"
+                           r"library", re.IGNORECASE)
+_HARMLESS_OPS = frozenset({"aten::storage_offset", "aten::sym_storage_offset", "aten::_has_same_storage_numel",
+                           "aten::_nested_tensor_storage_offsets", "aten::isprintable"})
+_CUSTOM_CLASS = "__torch__.torch.classes."
+
+
+def load_torchscript(path: Path, options: TorchOptions) -> nn.Module:
+    """A TorchScript archive as a module, none of whose code has run and none of whose code can have side
+    effects when run: without ``options.trust_pickle`` an archive that defines ``__setstate__`` (which
+    ``torch.jit.load`` runs while loading) is refused before loading, and after compiling, every function of
+    the archive (every method of every module and class, hooks, free functions) is inspected by
+    :func:`torchscript_refusal`; a :class:`LoadError` names the op and the method."""
+    if options.trust_pickle:
+        try:
+            module: nn.Module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001
+            raise LoadError(f"{path}: a TorchScript archive that torch.jit.load cannot read ({_short(exc)})") \
+                from exc
+        return module
+    setstate = _setstate_files(path)
+    if setstate:
+        raise LoadError(f"{path}: the TorchScript archive defines __setstate__ ({setstate[0]}), code that loading "
+                        f"runs before lipcheck could inspect it, so lipcheck does not load it: {TRUST_HINT}")
+    try:
+        unit = torch._C.CompilationUnit()
+        try:
+            cpp_module = torch._C.import_ir_module(unit, str(path), torch.device("cpu"), {}, False)  # type: ignore[call-arg]
+        except TypeError:  # torch versions without the _restore_shapes argument
+            cpp_module = torch._C.import_ir_module(unit, str(path), torch.device("cpu"), {})
+        from torch.jit._recursive import wrap_cpp_module
+
+        module = wrap_cpp_module(cpp_module)
+    except Exception as exc:  # noqa: BLE001
+        raise LoadError(f"{path}: a TorchScript archive that torch.jit.load cannot read ({_short(exc)})") from exc
+    refusal = torchscript_refusal(_script_functions(unit, module))
+    if refusal:
+        raise LoadError(f"{path}: {refusal}; lipcheck runs the model to check it, so it does not: {TRUST_HINT}")
+    return module
+
+
+def _setstate_files(path: Path) -> list[str]:
+    """The code files of a TorchScript archive that mention ``__setstate__``, read as bytes (nothing compiled).
+
+    The TorchScript lexer only takes ASCII identifiers, so a method of that name contains these bytes."""
+    with zipfile.ZipFile(path) as z:
+        return [name for name in z.namelist() if name.endswith(".py") and b"__setstate__" in z.read(name)]
+
+
+def _script_functions(unit: Any, module: Any) -> list[tuple[str, Any]]:
+    """(name, graph) of every function compiled from the archive: the compilation unit's functions (methods of
+    modules and classes, hooks, free functions) and, to be sure, every method and hook of every submodule."""
+    found: dict[str, Any] = {}
+    for function in unit.get_functions():
+        found[function.qualified_name] = function.graph
+    for submodule in module.modules():
+        c_module = submodule._c
+        owner = c_module._type().qualified_name()
+        for name in c_module._method_names():
+            found.setdefault(f"{owner}.{name}", c_module._get_method(name).graph)
+        for hook in (*c_module._get_forward_pre_hooks(), *c_module._get_forward_hooks()):
+            found.setdefault(f"{owner}.{hook.name}", hook.graph)
+    return list(found.items())
+
+
+def torchscript_refusal(functions: Sequence[tuple[str, Any]]) -> str | None:
+    """Why TorchScript code may not run (the first op with effects outside the model, and in which
+    method), or None: only ops of the aten and prim namespaces, minus those that touch files, print, call
+    Python or other processes; no custom classes. An allowlist of namespaces, so an unknown op is refused."""
+    problems: list[str] = []
+    for name, graph in functions:
+        shown = name.removeprefix("__torch__.")
+        for node in _all_nodes(graph):
+            why = _unsafe_node(node)
+            if why:
+                problems.append(f"{node.kind()} ({why}) in {shown}")
+                break
+    if not problems:
+        return None
+    others = len(problems) - 1
+    more = f", and {others} other method{'s' if others > 1 else ''} call such ops" if others else ""
+    return f"the TorchScript code calls {problems[0]}{more}"
+
+
+def _all_nodes(graph: Any) -> Iterator[Any]:
+    """Every node of a graph: nested blocks (if, loop, with) and subgraph attributes (fork, fusion groups)."""
+    blocks = [graph.block()]
+    while blocks:
+        block = blocks.pop()
+        yield block.paramNode()
+        for node in block.nodes():
+            yield node
+            blocks.extend(node.blocks())
+            for attribute in node.attributeNames():
+                kind = node.kindOf(attribute)
+                if kind == "g":
+                    blocks.append(node.g(attribute).block())
+                elif kind == "gs":
+                    blocks.extend(g.block() for g in node.gs(attribute))
+
+
+def unsafe_op(kind: str) -> str | None:
+    """Why the op ``namespace::name`` may have effects outside the tensors it computes, or None."""
+    namespace, _, op = kind.partition("::")
+    if namespace not in _SAFE_NAMESPACES:
+        return "an op from outside aten and prim: lipcheck cannot tell what it does"
+    if kind in _UNSAFE_OPS:
+        return _UNSAFE_OPS[kind]
+    if kind not in _HARMLESS_OPS and _UNSAFE_WORDS.search(op):
+        return "an op that may touch files, processes or Python"
+    return None
+
+
+def _unsafe_node(node: Any) -> str | None:
+    why = unsafe_op(str(node.kind()))
+    if why:
+        return why
+    for value in node.outputs():
+        if _CUSTOM_CLASS in str(value.type()):
+            return f"a custom C++ class {value.type()}: lipcheck cannot tell what it does"
+    return None
+
+
+# ------------------------------------------------------------------------------ torch.export programs
+
+_ARCHIVE_METADATA = frozenset({"archive_format", "archive_version", "version", "byteorder", "serialization_id"})
+# higher-order ops whose work is a subgraph of the program (inspected like the rest)
+_SAFE_HIGHER_ORDER = frozenset({"cond", "while_loop", "map_impl", "scan", "wrap_with_set_grad_enabled",
+                                "wrap_with_autocast", "invoke_subgraph"})
+
+
+def _check_export_archive(path: Path) -> None:
+    """Refuse a torch.export archive that ``torch.export.load`` would unpickle with ``weights_only=False``
+    (pickled weights or constants, custom or opaque objects, pickles the weights-only unpickler refuses)
+    or that holds a part lipcheck does not know (compiled AOTInductor code, ...), before loading it."""
+    with zipfile.ZipFile(path) as z:
+        raw: set[str] = set()
+        for name in z.namelist():
+            if not name.endswith(("model_weights_config.json", "model_constants_config.json")):
+                continue
+            folder = name.rsplit("/", 1)[0]
+            try:
+                config = json.loads(z.read(name))["config"]
+                entries = [(str(fqn), dict(meta)) for fqn, meta in config.items()]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise LoadError(f"{path}: {name} is not a torch.export payload list ({_short(exc)})") from exc
+            for fqn, meta in entries:
+                file = str(meta.get("path_name", ""))
+                if meta.get("use_pickle") or not file.startswith(("weight_", "tensor_")):
+                    raise LoadError(f"{path}: the torch.export archive stores {fqn} as a pickled object, which "
+                                    f"loading unpickles (runs code from the file): {TRUST_HINT}")
+                raw.add(f"{folder}/{file}")
+        for info in z.infolist():
+            name = info.filename
+            base = name.rsplit("/", 1)[-1]
+            if name.endswith("/") or name in raw or name.endswith(".json") or base in _ARCHIVE_METADATA \
+                    or "/extra/" in f"/{name}":
+                continue
+            data = z.read(name)
+            if not data.startswith((b"PK\x03\x04", b"\x80")):
+                raise LoadError(f"{path}: the torch.export archive holds {name}, a part lipcheck does not inspect "
+                                f"(compiled code?): {TRUST_HINT}")
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - torch.export.load would retry with weights_only=False
+                raise LoadError(f"{path}: the torch.export archive holds {name}, a pickle that only full "
+                                f"unpickling reads (runs code from the file): {TRUST_HINT}") from exc
+
+
+def export_refusal(program: Any) -> str | None:
+    """Why the exported program's graph may not run (the first op with effects outside the model, and in which
+    graph), or None: the same op policy as for TorchScript (:func:`unsafe_op`); Python callables only from
+    ``operator``, ``math`` and torch's symbolic-shape helpers; known higher-order ops, whose subgraphs are
+    submodules and inspected too."""
+    import operator
+
+    for prefix, submodule in program.graph_module.named_modules():
+        graph = getattr(submodule, "graph", None)
+        shown = prefix or "the program's graph"
+        for node in getattr(graph, "nodes", ()):
+            if node.op == "call_method":
+                return f"the exported program calls the method {node.target!r} in {shown}"
+            if node.op != "call_function":
+                continue
+            target = node.target
+            if isinstance(target, torch._ops.HigherOrderOperator):
+                if target.name() not in _SAFE_HIGHER_ORDER:
+                    return f"the exported program calls the higher-order op {target.name()} in {shown}"
+                continue
+            schema = getattr(target, "_schema", None)
+            if schema is not None:
+                why = unsafe_op(str(schema.name))
+                if why:
+                    return f"the exported program calls {schema.name} ({why}) in {shown}"
+                continue
+            module = getattr(target, "__module__", None) or ""
+            name = getattr(target, "__name__", "")
+            if getattr(operator, name, None) is target or module in ("_operator", "operator", "math") \
+                    or (module.startswith("torch") and name.startswith(("sym_", "_sym_"))):
+                continue
+            return f"the exported program calls the Python function {module}.{name} in {shown}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------- state dicts

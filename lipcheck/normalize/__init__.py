@@ -2,24 +2,24 @@
 
 Flow: load → canonicalize → walk (certified σ per layer) → :mod:`plan <lipcheck.normalize.plan>` (pure) →
 write the same format (:mod:`onnx_writer <lipcheck.normalize.onnx_writer>`,
-:mod:`torch_writer <lipcheck.normalize.torch_writer>`) into a staging folder next to the output → analyse
-the staged copy again → if it meets the target, move it into place; otherwise nothing is written and
-:class:`VerificationError` says which layer or bound missed. The input file is never modified (unless
-``in_place``, and then only after the verified copy is complete).
+:mod:`torch_writer <lipcheck.normalize.torch_writer>`) into a staging folder next to the output
+(:func:`lipcheck.files.staged_outputs`) → analyse the staged copy again → if it meets the target, move it into
+place (data files first, the model last); otherwise nothing is written and :class:`VerificationError` says which
+layer or bound missed. The input file and its data files are never modified (unless ``in_place``, and then only
+after the verified copy is complete); a device, FIFO, socket or folder at the output path is never replaced.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lipcheck.errors import GateFailure, UsageError
+from lipcheck.errors import GateFailure, LipcheckError, UsageError
+from lipcheck.files import check_output_path, staged_outputs
 from lipcheck.normalize.plan import HALF_SAFETY, SAFETY, Plan, PlanError, plan_global, plan_per_layer
 from lipcheck.progress import NullProgress, Progress
 
@@ -150,27 +150,17 @@ def normalize(
         raise UsageError("--exact and --global-target are two different policies: choose one")
     if layers is not None and global_target is None:
         raise UsageError("--layers restricts --global-target; per-layer targets apply to every layer")
-    dest: Path | None = None
+    dest: Path | None = None  # the file replaced or created (symlinks resolved)
     if not dry_run:
         if in_place:
             if out is not None and not _same_file(Path(out), source):
                 raise UsageError("--in-place writes over MODEL itself: drop --out, or drop --in-place")
-            dest = source
+            dest = check_output_path(source, "MODEL")
         elif out is None:
             raise UsageError("normalize needs --out OUT (or --dry-run to only print the plan, or --in-place)")
         else:
-            dest = Path(out)
-            protected = [source, *_external_data_files(source)] if source.exists() else [source]
-            # the output's own external data goes to <OUT>.data (.data.<k>): never onto the source's files
-            outputs = [dest, dest.with_name(dest.name + ".data")]
-            outputs += [dest.with_name(f"{dest.name}.data.{k}") for k in range(len(protected))]
-            if any(_same_file(w, p) for w in outputs for p in protected):
-                raise UsageError(f"--out {dest} is the input model (or one of its data files): refusing to "
-                                 "overwrite it; pass --in-place to replace the input deliberately")
-            if dest.is_dir():
-                raise UsageError(f"--out {dest} is a directory: give the output file's path")
-            if not dest.parent.exists():
-                raise UsageError(f"--out {dest}: folder {dest.parent} does not exist")
+            dest = check_output_path(out, "--out")
+            _check_out(Path(out), source, dest)
 
     options = TorchOptions(trust_pickle=trust_pickle, arch=arch, arch_kwargs=arch_kwargs, key=key)
     settings = Settings(power_iterations=power_iterations, tolerance=tolerance, seed=seed, exact_limit=exact_limit,
@@ -196,23 +186,51 @@ def normalize(
     if not plan.factors:
         notes = ("every layer already meets the target: the output is a copy with unchanged weights",)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.lipcheck-", dir=dest.parent))
+    shown = str(model) if out is None else os.fspath(out)
     try:
-        staged = staging / dest.name
-        progress.start(0, "writing")
-        written = _write(source, staged, plan.factors, options)
-        progress.start(0, "verifying the written model")
-        result = _verify(staged, plan, settings, input_shape, options, global_target, target)
-        for path in sorted(staging.iterdir()):
-            os.replace(path, dest.parent / path.name)
+        with staged_outputs(dest) as staging:  # published (data files first) only when the with-block ends normally
+            staged = staging / dest.name
+            progress.start(0, "writing")
+            written = _write(source, staged, plan.factors, options)
+            progress.start(0, "verifying the written model")
+            result = _verify(staged, plan, settings, input_shape, options, global_target, target)
+            progress.start(0, "moving the written model into place")
+    except OSError as exc:  # a full or read-only disk, no permission, a FIFO created meanwhile...
+        raise _write_error(shown, exc, dest) from exc
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         progress.finish()
     sigma_after, bound_after = result
     return NormalizeResult(
-        model=str(model), out=str(dest), plan=plan, dry_run=False, written=tuple(written),
+        model=str(model), out=shown, plan=plan, dry_run=False, written=tuple(written),
         sigma_after=sigma_after, bound_after=bound_after, verified=True, notes=notes,
     )
+
+
+def _check_out(out: Path, source: Path, dest: Path) -> None:
+    """Refuse an ``--out`` that is (or whose data files are) the input model or one of its data files, a
+    folder, a device, FIFO or socket, or in a folder that does not exist: before any work, one line each."""
+    protected = [source, *_external_data_files(source)] if source.exists() else [source]
+    # the output's own external data goes to <OUT>.data (.data.<k>): never onto the source's files
+    outputs = [dest, dest.with_name(dest.name + ".data")]
+    outputs += [dest.with_name(f"{dest.name}.data.{k}") for k in range(len(protected) + 1)]
+    if any(_same_file(w, p) for w in [out, *outputs] for p in protected):
+        raise UsageError(f"--out {out} is the input model (or one of its data files): lipcheck never modifies "
+                         "its input; choose another output path, or pass --in-place to replace the input")
+    if not dest.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {dest.parent} does not exist")
+    for data in outputs[1:]:
+        check_output_path(data, f"--out {out}: its data file")
+
+
+def _write_error(out: str, exc: OSError, dest: Path) -> LipcheckError:
+    """One line naming the output and the problem (and the file, when it is neither the output nor staged)."""
+    problem = exc.strerror or str(exc)
+    other = exc.filename
+    if other is not None:
+        other_path = Path(os.fsdecode(other))
+        if other_path == dest or ".lipcheck-" in other_path.name:
+            other = None
+    return LipcheckError(f"cannot write {out}: {problem}" + (f" ({os.fsdecode(other)})" if other else ""))
 
 
 def _write(source: Path, staged: Path, factors: Mapping[str, float], options: Any) -> list[Written]:

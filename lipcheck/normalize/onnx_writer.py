@@ -38,7 +38,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lipcheck.errors import InvalidWeightsError, LoadError, UnsupportedModelError, UsageError
-from lipcheck.files import atomic_outputs
+from lipcheck.files import atomic_outputs, check_output_path
 from lipcheck.loaders import check_model_file
 from lipcheck.loaders.onnx_loader import _NONDETERMINISTIC, _evaluate_constants, constant_slice
 
@@ -719,7 +719,7 @@ def write_scaled_onnx(source: Path, out: Path, factors: Mapping[str, float]) -> 
     _check_factors(factors, uses, cg, label)
     data_map = _output_paths(src, out)
     rows, chosen = _Chooser(cg, uses, _Values(cg, src), factors, label).run()
-    _write(src, cg, chosen, data_map, out)
+    _write(src, cg, chosen, data_map, check_output_path(out))
     return rows
 
 
@@ -750,13 +750,14 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _output_paths(src: _Source, out: Path) -> dict[Path, Path]:
     """Source data file -> the output's data file; refuses outputs that would overwrite any source file."""
-    if out.is_dir():
-        raise UsageError(f"{out} is a directory: give the output model's file path")
+    out = check_output_path(out)  # never a folder, device, FIFO or socket; a symlink: the file it points to
     if not out.parent.is_dir():
         raise UsageError(f"{out}: folder {out.parent} does not exist")
     files = src.data_files
     names = [f"{out.name}.data"] if len(files) == 1 else [f"{out.name}.data.{k}" for k in range(1, len(files) + 1)]
     data_map = {f: out.parent / n for f, n in zip(files, names)}
+    for path in data_map.values():
+        check_output_path(path)  # as a path: a symlink stays, the model refers to the link's name
     for p in [*data_map.values(), out]:
         for q in [src.path, *files]:
             if _same_file(p, q):
@@ -774,7 +775,7 @@ def _write(src: _Source, cg: _ConstGraph, chosen: Mapping[str, float], data_map:
             external[st.slot] = c
         else:
             _rescale_embedded(st, c)
-    finals = [*data_map.values(), out]
+    finals = [*data_map.values(), out]  # the data files renamed into place before the model that refers to them
     with atomic_outputs(finals) as temps:
         temp_of = dict(zip(data_map, temps))
         for file, temp in temp_of.items():

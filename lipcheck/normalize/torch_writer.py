@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from lipcheck.errors import LoadError, UnsupportedModelError, UsageError
-from lipcheck.files import atomic_outputs
+from lipcheck.files import atomic_outputs, check_output_path
 from lipcheck.loaders import TorchOptions
 from lipcheck.loaders.parametrizations import (
     LEGACY,
@@ -78,6 +78,7 @@ def write_scaled_torch(
     for param, factor in factors.items():
         if not (math.isfinite(factor) and factor > 0):
             raise UsageError(f"{param}: scale factor {factor!r} is not a finite positive number")
+    out = check_output_path(out)  # never a folder, device, FIFO or socket; a symlink: the file it points to
     if out.exists() and (out.resolve() == source.resolve() or os.path.samefile(out, source)):
         raise UsageError(f"{out}: is the source model; the torch writer never overwrites its input")
     label = str(source)

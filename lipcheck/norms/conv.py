@@ -30,6 +30,7 @@ applied to that Conv.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,15 +117,26 @@ def conv_norms(
     tol: float = 1e-6,
     seed: int = 0,
     exact_limit: int = 2_000_000,
+    skip: Mapping[str, str] | None = None,
 ) -> NormResult:
     """Norms of the zero-padded Conv with ``weight`` (C_out, C_in/groups, *k) on its actual input.
 
     sigma_power: estimate from below; sigma_exact: exact (or skipped when C_in·prod(input_spatial) >
     exact_limit); sigma_upper: certified; sigma_reshaped: :func:`reshaped_kernel_norm`.
+
+    ``skip`` (stage -> reason, from the resource limits of :mod:`lipcheck.bound.budget`): stages not to run.
+    "operator": the operator is never built (no tensor of the input's or output's size): σ upper is the smaller
+    of the table-free reshaped and Frobenius bounds (:func:`_light_norms`), σ power a single probe ‖A e‖;
+    "power": the probe instead of power iteration; "exact": σ exact None with the reason; "circular": no circular
+    bound; "reshaped": no σ reshaped (nor its bound). Every value left is what it says (certified, from below).
     """
     w = as_float64(weight, "conv weight")
+    skip = skip or {}
+    sigma_reshaped, reshaped_upper = (None, None) if "reshaped" in skip else _reshaped_sigma(w)
+    if "operator" in skip:
+        return _light_norms(w, geom, None, sigma_reshaped, reshaped_upper, skip)
     op = _ConvOperator(w, geom)
-    sigma_reshaped, op.reshaped_upper = _reshaped_sigma(w)
+    op.reshaped_upper = reshaped_upper
     return _operator_norms(
         op,
         sigma_reshaped=sigma_reshaped,
@@ -133,6 +145,7 @@ def conv_norms(
         tol=tol,
         seed=seed,
         exact_limit=exact_limit,
+        skip=skip,
     )
 
 
@@ -145,6 +158,7 @@ def conv_transpose_norms(
     tol: float = 1e-6,
     seed: int = 0,
     exact_limit: int = 2_000_000,
+    skip: Mapping[str, str] | None = None,
 ) -> NormResult:
     """Norms of the ConvTranspose with ``weight`` (C_in, C_out/groups, *k) on its actual input.
 
@@ -153,6 +167,7 @@ def conv_transpose_norms(
     input shape (the first ``input_spatial`` outputs of that Conv), so it has the same singular values.
     Same guarantees as :func:`conv_norms`; exact is skipped when C_in·prod(input_spatial) > exact_limit;
     sigma_reshaped is the kernel reshaped along dim 1 (what torch's spectral_norm uses for ConvTranspose).
+    ``skip``: as for :func:`conv_norms`.
     """
     w = as_float64(weight, "conv weight")
     d = len(geom.input_spatial)
@@ -180,15 +195,22 @@ def conv_transpose_norms(
         pads_end=geom.pads_end,
         groups=geom.groups,
     )
+    skip = skip or {}
+    sigma_reshaped = None if "reshaped" in skip else reshaped_kernel_norm(w, dim=1)
+    if "operator" in skip:
+        # certified: √m·σ of the dim-0 reshape (the adjoint Conv's own); the reported σ reshaped stays torch's dim 1
+        reshaped_upper = None if "reshaped" in skip else _reshaped_sigma(w)[1]
+        return _light_norms(w, adjoint_geom, tuple(geom.input_spatial), sigma_reshaped, reshaped_upper, skip)
     op = _ConvOperator(w, adjoint_geom, kept_out=tuple(geom.input_spatial))
     return _operator_norms(
         op,
-        sigma_reshaped=reshaped_kernel_norm(w, dim=1),
+        sigma_reshaped=sigma_reshaped,
         exact_size=op.n_out,  # the ConvTranspose's input = the adjoint Conv's output
         iterations=iterations,
         tol=tol,
         seed=seed,
         exact_limit=exact_limit,
+        skip=skip,
     )
 
 
@@ -782,6 +804,109 @@ def _frobenius_bound(op: _ConvOperator) -> float:
     return math.sqrt(float(energy.sum())) * rounding_margin(op.weight.size)
 
 
+@dataclass(frozen=True)
+class _Reads:
+    """The conv's read pattern per spatial dim without tables of the output's size (for geometries too large to
+    build :class:`_ConvOperator`, e.g. pads of 1e9): output o reads input o·s + j·dil − pb through tap j."""
+
+    n: tuple[int, ...]
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads_begin: tuple[int, ...]
+    out: tuple[int, ...]  # the kept outputs
+
+    @staticmethod
+    def of(op: _ConvOperator) -> _Reads:
+        return _Reads(op.n, op.kernel, op.strides, op.dilations, op.pads_begin, op.out)
+
+    def max_reads_upper(self) -> int:
+        """>= the largest number of (output, tap) pairs reading one input element: per dim, a tap reads input p from
+        at most one output, and only when j·dil ≡ p + pb (mod s); the product over dims of the largest such count."""
+        m = 1
+        for k, s, dil in zip(self.kernel, self.strides, self.dilations):
+            m *= int(np.bincount((np.arange(k) * dil) % s, minlength=s).max())
+        return m
+
+    def taps_reading(self, d: int, p: int) -> np.ndarray:
+        """The taps through which some kept output reads input index ``p`` of dim ``d``."""
+        j = np.arange(self.kernel[d])
+        q = p + self.pads_begin[d] - j * self.dilations[d]
+        ok = (q >= 0) & (q % self.strides[d] == 0) & (q // self.strides[d] < self.out[d])
+        return j[ok]
+
+    def outputs_per_tap(self, d: int) -> np.ndarray:
+        """For each tap j of dim ``d``: how many kept outputs read a real input through it (closed form)."""
+        j = np.arange(self.kernel[d])
+        s, pb, n = self.strides[d], self.pads_begin[d], self.n[d]
+        first = np.maximum(0, -((j * self.dilations[d] - pb) // s))  # ceil((pb − j·dil)/s), at least 0
+        last = np.minimum(self.out[d] - 1, (n - 1 + pb - j * self.dilations[d]) // s)
+        return np.maximum(0, last - first + 1)
+
+
+def _probe_sigma(weight: np.ndarray, reads: _Reads, groups: int) -> float:
+    """max over input channels c of ‖A e_{c,p}‖ for a unit input element at a position p read by the most taps
+    (per dim, among a stride's worth of positions around the middle and the two ends): a true value ‖A e‖ with
+    ‖e‖ = 1, so an estimate from below of σ, computed from the weight alone. Stands in for power iteration when
+    the resource limits skip it."""
+    chosen = []
+    for d, n in enumerate(reads.n):
+        mid = n // 2
+        candidates = {0, n - 1, *(min(n - 1, mid + i) for i in range(reads.strides[d]))}
+        best = max((reads.taps_reading(d, p) for p in sorted(candidates)), key=len)
+        if best.size == 0:
+            return 0.0
+        chosen.append(best)
+    sub = weight[np.ix_(np.arange(weight.shape[0]), np.arange(weight.shape[1]), *chosen)]
+    energy = np.sum(sub * sub, axis=tuple(range(2, weight.ndim)))  # (C_out, C_in/g)
+    c_out, c_in_g = energy.shape
+    # input channel (group gi, local c) reaches the C_out/g outputs of its group
+    per_channel = energy.reshape(groups, c_out // groups, c_in_g).sum(axis=1)
+    return float(np.sqrt(per_channel.max(initial=0.0)))
+
+
+def _light_norms(
+    w: np.ndarray,
+    geom: ConvGeometry,
+    kept_out: tuple[int, ...] | None,
+    sigma_reshaped: float | None,
+    reshaped_upper: float | None,
+    skip: Mapping[str, str],
+) -> NormResult:
+    """Norms without building the operator (skip "operator"): σ upper = the smaller of √m·σ(W reshaped) (m from
+    :meth:`_Reads.max_reads_upper`, certified as in :func:`_reshaped_bound`) and the operator's Frobenius norm in
+    closed form (as :func:`_frobenius_bound`); σ power = :func:`_probe_sigma` (0 iterations); σ exact skipped."""
+    d = len(geom.input_spatial)
+    if w.ndim != d + 2:
+        raise ValueError(f"conv weight {w.shape} does not fit the geometry {geom}")
+    kernel = tuple(int(k) for k in w.shape[2:])
+    padded = tuple(n + b + e for n, b, e in zip(geom.input_spatial, geom.pads_begin, geom.pads_end))
+    eff = tuple(dil * (k - 1) + 1 for dil, k in zip(geom.dilations, kernel))
+    if any(p < ke for p, ke in zip(padded, eff)):
+        raise ValueError(f"the (dilated) kernel {eff} is larger than the padded input")
+    natural = tuple((p - ke) // s + 1 for p, ke, s in zip(padded, eff, geom.strides))
+    reads = _Reads(tuple(geom.input_spatial), kernel, tuple(geom.strides), tuple(geom.dilations),
+                   tuple(geom.pads_begin), natural if kept_out is None else tuple(kept_out))
+    reason = skip["operator"]
+    if not np.any(w):
+        return NormResult(0.0, 0, 0.0, "zero-operator", 0.0, "zero-operator", sigma_reshaped=sigma_reshaped)
+    probe = _probe_sigma(w, reads, int(geom.groups))
+    energy = np.sum(w * w, axis=(0, 1))  # per tap
+    for i in range(d):
+        shape = [1] * d
+        shape[i] = -1
+        energy = energy * reads.outputs_per_tap(i).reshape(shape)
+    candidates = {"frobenius": math.sqrt(float(energy.sum())) * rounding_margin(w.size)}
+    if reshaped_upper is not None:
+        candidates["reshaped-bound"] = math.sqrt(reads.max_reads_upper()) * reshaped_upper * (1.0 + 2.0 * EPS64)
+    upper_method = min(candidates, key=lambda k: candidates[k])
+    return NormResult(
+        sigma_power=probe, power_iterations=0, sigma_exact=None, exact_method="skipped",
+        sigma_upper=max(candidates[upper_method], probe), upper_method=upper_method, exact_skipped=reason,
+        sigma_reshaped=sigma_reshaped,
+    )
+
+
 # --------------------------------------------------------------------------------------------------------
 # Putting it together
 
@@ -789,13 +914,15 @@ def _frobenius_bound(op: _ConvOperator) -> float:
 def _operator_norms(
     op: _ConvOperator,
     *,
-    sigma_reshaped: float,
+    sigma_reshaped: float | None,
     exact_size: int,
     iterations: int,
     tol: float,
     seed: int,
     exact_limit: int,
+    skip: Mapping[str, str] | None = None,
 ) -> NormResult:
+    skip = skip or {}
     if op.max_reads() == 0 or not np.any(op.weight):
         # every kept output reads only padding, or the kernel is zero: the operator is 0
         return NormResult(0.0, 0, 0.0, "zero-operator", 0.0, "zero-operator", sigma_reshaped=sigma_reshaped)
@@ -816,15 +943,25 @@ def _operator_norms(
             sigma_reshaped=sigma_reshaped,
         )
 
-    circular, top = _circular_bound_and_top(op, seed)
-    power = _power_iteration_fast(op, iterations=iterations, tol=tol, seed=seed, start=_power_start_vector(op, top))
+    if "circular" in skip:
+        circular, top = math.inf, None
+    else:
+        circular, top = _circular_bound_and_top(op, seed)
+    if "power" in skip:
+        probe = _probe_sigma(op.weight, _Reads.of(op), op.groups)
+        power = PowerResult(sigma=probe, sigmas=np.array([probe]), iterations=0, right_vectors=np.zeros((1, 0)))
+    else:
+        power = _power_iteration_fast(op, iterations=iterations, tol=tol, seed=seed,
+                                      start=_power_start_vector(op, top))
 
     candidates: dict[str, float] = {}
     sigma_exact: float | None = None
     exact_method = "skipped"
     skipped: str | None = None
     small, large = sorted((op.n_in, op.n_out))
-    if exact_size > exact_limit:
+    if "exact" in skip or "power" in skip:
+        skipped = skip.get("exact") or skip["power"]
+    elif exact_size > exact_limit:
         skipped = (
             "exact values disabled (--no-exact)" if exact_limit <= 0
             else f"operator has {exact_size:,} inputs > exact_limit {exact_limit:,}"
@@ -853,8 +990,10 @@ def _operator_norms(
         except LanczosError as exc:
             skipped = str(exc)
 
-    candidates["circular-fft"] = circular
-    candidates["reshaped-bound"] = _reshaped_bound(op)
+    if math.isfinite(circular):
+        candidates["circular-fft"] = circular
+    if "reshaped" not in skip:
+        candidates["reshaped-bound"] = _reshaped_bound(op)
     candidates["frobenius"] = _frobenius_bound(op)
     upper_method = min(candidates, key=lambda k: candidates[k])
     # max() with values that are <= σ keeps the certificate and the invariant power <= exact <= upper

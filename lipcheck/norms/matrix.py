@@ -19,7 +19,8 @@ float64 in a reused buffer of about :data:`STREAM_BLOCK_BYTES`, one pass per pow
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -139,19 +140,23 @@ def matrix_norms(
     tol: float = 1e-6,
     seed: int = 0,
     exact_limit: int = 2_000_000,
+    skip: Mapping[str, str] | None = None,
 ) -> NormResult:
     """σ_max of the 2-D matrix ``w`` (the map x ↦ w @ x; x ↦ x @ w has the same σ).
 
     sigma_power: estimate from below; sigma_exact: dense SVD ("svd") when ``w.size <= exact_limit``, else
     Lanczos ("lanczos"); sigma_upper: certified ("svd+margin" or "gram", see module docstring).
+    ``skip`` (stage -> reason, from the resource limits): "exact" leaves Lanczos out (σ exact None with the reason),
+    "gram" replaces the Gram-iteration bound by the Frobenius norm (certified, loose).
     """
     w = np.asarray(w)
     if w.ndim != 2:
         raise ValueError(f"matrix_norms expects a 2-D matrix, got shape {w.shape}")
     if w.size > STREAM_MIN_ENTRIES:
-        return streamed_matrix_norms(w, iterations=iterations, tol=tol, seed=seed, exact_limit=exact_limit)
+        return streamed_matrix_norms(w, iterations=iterations, tol=tol, seed=seed, exact_limit=exact_limit, skip=skip)
     w = as_float64(w, "matrix")
-    return batched_matrix_norms(w[None], iterations=iterations, tol=tol, seed=seed, exact_limit=exact_limit)
+    return batched_matrix_norms(w[None], iterations=iterations, tol=tol, seed=seed, exact_limit=exact_limit,
+                                skip=skip)
 
 
 def batched_matrix_norms(
@@ -161,13 +166,15 @@ def batched_matrix_norms(
     tol: float = 1e-6,
     seed: int = 0,
     exact_limit: int = 2_000_000,
+    skip: Mapping[str, str] | None = None,
 ) -> NormResult:
     """σ = max over b of σ_max(ws[b]) for a ``(B, m, n)`` stack (batched MatMul, grouped 1×1 conv blocks).
 
     Same guarantees as :func:`matrix_norms` (but the stack is converted to float64 whole, never streamed);
     ``exact_limit`` applies to the entries of ONE matrix (m·n): each SVD costs what its own size says, however
-    many there are. Thin matrices (min(m, n) <= 2) always get the SVD.
+    many there are. Thin matrices (min(m, n) <= 2) always get the SVD. ``skip``: as for :func:`matrix_norms`.
     """
+    skip = skip or {}
     ws = as_float64(ws, "matrix")
     if ws.ndim != 3:
         raise ValueError(f"batched_matrix_norms expects a (B, m, n) stack, got shape {ws.shape}")
@@ -209,6 +216,8 @@ def batched_matrix_norms(
         lower = float(power.sigmas[k])
         if skipped is None and not lanczos_allowed:
             skipped = _skip_reason(min(m, n), exact_limit)
+        if skipped is None and "exact" in skip:
+            skipped = skip["exact"]
         if skipped is None:
             try:
                 ex = _lanczos_matrix(w, power.right_vectors[k])
@@ -216,7 +225,7 @@ def batched_matrix_norms(
                 lower = max(lower, ex)
             except LanczosError as exc:
                 skipped = str(exc)
-        if min(m, n) > GRAM_MAX_DIM:
+        if min(m, n) > GRAM_MAX_DIM or "gram" in skip:
             uppers.append(frobenius_bound(w))
             upper_method = "frobenius"
         else:
@@ -327,7 +336,8 @@ class StreamedMatrix:
 
 
 def streamed_matrix_norms(
-    w: np.ndarray, *, iterations: int = 100, tol: float = 1e-6, seed: int = 0, exact_limit: int = 2_000_000
+    w: np.ndarray, *, iterations: int = 100, tol: float = 1e-6, seed: int = 0, exact_limit: int = 2_000_000,
+    skip: Mapping[str, str] | None = None,
 ) -> NormResult:
     """:func:`matrix_norms` for a matrix too big to copy to float64: the same three values, streamed.
 
@@ -337,7 +347,9 @@ def streamed_matrix_norms(
     sigma_upper: certified, the Gram iteration bound started from the streamed G₁ when the smaller side is at
     most ``GRAM_MAX_DIM`` ("gram"), else the streamed Frobenius norm with its margin ("frobenius"); after
     "gram-eigh" that value times :func:`rounding_margin` of the long side ("gram-eigh+margin").
+    ``skip``: as for :func:`matrix_norms`.
     """
+    skip = skip or {}
     stream = StreamedMatrix(np.asarray(w))
     r, long_side = stream.cols, stream.rows
     if r == 0 or long_side == 0:
@@ -360,6 +372,8 @@ def streamed_matrix_norms(
     skipped: str | None = None
     if r > exact_limit:
         skipped = _skip_reason(r, exact_limit)
+    elif "exact" in skip:
+        skipped = skip["exact"]
     else:
         try:
             sigma_exact = (
@@ -369,7 +383,7 @@ def streamed_matrix_norms(
             lower = max(lower, sigma_exact)
         except LanczosError as exc:
             skipped = str(exc)
-    if r > GRAM_MAX_DIM:
+    if r > GRAM_MAX_DIM or "gram" in skip:
         upper = f0 * rounding_margin(float(r) * long_side)
         upper_method = "frobenius"
     else:
@@ -403,3 +417,42 @@ def scale_norms(norms: NormResult, factor: float) -> NormResult:
         exact_skipped=norms.exact_skipped,
         sigma_reshaped=None if norms.sigma_reshaped is None else norms.sigma_reshaped * c,
     )
+
+
+def ldexp_norms(norms: NormResult, exponent: int) -> NormResult:
+    """The norms of 2^exponent·W from those of W. A power of two scales float64 values exactly unless the result
+    leaves the normal range: there it is rounded, so the certified value moves one float up (a subnormal result of
+    float64 weights of 1e-200 composed is never rounded down, nor to 0)."""
+    if exponent == 0:
+        return norms
+
+    def scaled(value: float | None) -> float | None:
+        return None if value is None else math.ldexp(value, exponent)
+
+    upper = math.ldexp(norms.sigma_upper, exponent)
+    if norms.sigma_upper > 0 and upper < sys.float_info.min:
+        upper = math.nextafter(upper, math.inf)
+    return NormResult(
+        sigma_power=math.ldexp(norms.sigma_power, exponent),
+        power_iterations=norms.power_iterations,
+        sigma_exact=scaled(norms.sigma_exact),
+        exact_method=norms.exact_method,
+        sigma_upper=upper,
+        upper_method=norms.upper_method,
+        exact_skipped=norms.exact_skipped,
+        sigma_reshaped=scaled(norms.sigma_reshaped),
+    )
+
+
+def normalizing_exponent(w: np.ndarray) -> int:
+    """k such that 2^-k·w has its largest magnitude in [1/2, 1), for float64 weights whose magnitudes would
+    underflow or overflow when squared (Grams, Cholesky); 0 for every other weight (float32 squares always fit
+    in float64), so nothing is read or copied for them."""
+    arr = np.asarray(w)
+    if arr.dtype.itemsize <= 4 or arr.size == 0:
+        return 0
+    hi = max(abs(float(np.max(arr))), abs(float(np.min(arr))))
+    if hi == 0.0 or not math.isfinite(hi) or 2.0**-250 <= hi <= 2.0**250:
+        return 0
+    return math.frexp(hi)[1]
+

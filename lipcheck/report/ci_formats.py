@@ -15,6 +15,10 @@
   Azure Pipelines show as tests.
 
 Renderers are pure; :func:`summary_lines` is the human summary the CLI writes to stderr.
+
+Names and messages come from the model (node names, file names): every format but JSON shows them through
+:mod:`lipcheck.report.text` (control and bidi characters as visible escapes, markdown and HTML escaped);
+the GitHub commands add GitHub's own ``%``-escaping on top, so an annotation stays one line.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from lipcheck.gate.run import CheckRun, ModelCheck
 from lipcheck.report.formats import render_markdown, render_table
 from lipcheck.report.model import SCHEMA_VERSION, Report
 from lipcheck.report.numbers import format_number
+from lipcheck.report.text import html_text, markdown_text, safe_text
 
 __all__ = [
     "CheckFormat",
@@ -73,7 +78,8 @@ def _verdict_word(run: CheckRun) -> str:
 
 
 def summary_lines(run: CheckRun, command: str = "check") -> list[str]:
-    """The human summary (stderr): one line per model, the checks behind a failure, one verdict line."""
+    """The human summary (stderr): one line per model, the checks behind a failure, one verdict line; every
+    line escaped (:func:`~lipcheck.report.text.safe_text`): a name cannot add a line or an ANSI sequence."""
     lines = []
     for model in run.models:
         if model.error is not None:
@@ -99,7 +105,7 @@ def summary_lines(run: CheckRun, command: str = "check") -> list[str]:
         if model.baseline_written:
             lines.append(f"  baseline written: {model.target.baseline}")
     lines.append(f"lipcheck {command}: {_verdict_word(run)}")
-    return lines
+    return [safe_text(line) for line in lines]
 
 
 # -------------------------------------------------------------------------------------------- table
@@ -122,7 +128,8 @@ def render_check_table(run: CheckRun) -> str:
     """Each model's per-layer table and summary, then its gate checks; a verdict line at the end."""
     parts = []
     for model, report, verdict in _completed(run):
-        parts.append(render_table(report).rstrip("\n") + "\n\n" + "\n".join(_check_block(model, verdict)) + "\n")
+        block = "\n".join(safe_text(line) for line in _check_block(model, verdict))
+        parts.append(render_table(report).rstrip("\n") + "\n\n" + block + "\n")
     parts.append(f"lipcheck check: {_verdict_word(run)}\n")
     return "\n".join(parts)
 
@@ -209,17 +216,17 @@ def render_check_json(run: CheckRun) -> str:
 # ----------------------------------------------------------------------------------------- markdown
 
 
-def _md(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
+_md = markdown_text
 
 
 def _code(text: str) -> str:
-    return "`" + text.replace("`", "'").replace("|", "\\|") + "`"
+    """A code span in a table cell: one line, no control characters; a backtick cannot close it early."""
+    return "`" + safe_text(text).replace("`", "'").replace("|", "\\|") + "`"
 
 
 def _cell(check: CheckResult | None, value: str) -> str:
     if check is None:
-        return value
+        return _md(value)
     if check.failed:
         return f"**{_md(value)}** ❌"
     return _md(value)
@@ -295,7 +302,7 @@ def render_check_markdown(run: CheckRun) -> str:
                 lines.append(f"  - … and {len(check.reasons) - 20} more")
         lines.append("")
     for model, report, _verdict in completed:
-        lines.extend([f"<details><summary>{_md(model.name)}: per-layer report</summary>", "",
+        lines.extend([f"<details><summary>{html_text(model.name)}: per-layer report</summary>", "",
                       _demote_headings(render_markdown(report)).rstrip("\n"), "", "</details>", ""])
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -313,8 +320,11 @@ def escape_property(text: str) -> str:
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _command(kind: str, properties: dict[str, str], message: str) -> str:
-    props = ",".join(f"{key}={escape_property(value)}" for key, value in properties.items())
+def _command(kind: str, properties: dict[str, str], message_lines: list[str]) -> str:
+    """One workflow command on one line: each message line and property escaped for display
+    (:func:`~lipcheck.report.text.safe_text`: no ANSI sequence reaches the log), then for GitHub."""
+    props = ",".join(f"{key}={escape_property(safe_text(value))}" for key, value in properties.items())
+    message = "\n".join(safe_text(line) for line in message_lines)
     return f"::{kind} {props}::{escape_data(message)}"
 
 
@@ -331,7 +341,7 @@ def render_check_github(run: CheckRun) -> str:
             else:
                 continue
             details = [r.message for r in check.reasons[:20] if r.message != check.message]
-            message = "\n".join([f"{model.name}: {check.message}", *(f"- {d}" for d in details)])
+            message = [f"{model.name}: {check.message}", *(f"- {d}" for d in details)]
             title = f"lipcheck {check.check.value}" + (" failed" if kind == "error" else "")
             out.append(_command(kind, {"file": model.target.path, "title": title}, message))
     return "".join(line + "\n" for line in out)
@@ -348,6 +358,13 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}"
 
 
+def _xml(text: str) -> str:
+    """An attribute value or a line of text: XML 1.0 has no way to write most C0 characters, not even as
+    character references, so they are escaped for display (:func:`~lipcheck.report.text.safe_text`);
+    ElementTree escapes ``<``, ``&`` and quotes."""
+    return safe_text(text)
+
+
 def render_check_junit(run: CheckRun) -> str:
     """JUnit XML: ``<testsuites>`` → one ``<testsuite>`` per model → one ``<testcase>`` per check."""
     completed = _completed(run)
@@ -361,13 +378,13 @@ def render_check_junit(run: CheckRun) -> str:
     })
     for model, report, verdict in completed:
         suite = ET.SubElement(root, "testsuite", {
-            "name": f"lipcheck: {model.name}",
+            "name": f"lipcheck: {_xml(model.name)}",
             "tests": str(len(verdict.checks)),
             "failures": str(len(verdict.failures)),
             "errors": "0",
             "skipped": str(sum(1 for c in verdict.checks if c.outcome is Outcome.SKIPPED)),
             "time": _seconds(model.seconds),
-            "file": model.target.path,
+            "file": _xml(model.target.path),
         })
         properties = ET.SubElement(suite, "properties")
         for key, value in (
@@ -377,21 +394,22 @@ def render_check_junit(run: CheckRun) -> str:
             ("lower_bound", format_number(report.lower_bound.value if report.lower_bound else None, none="none")),
             ("lipcheck_version", report.lipcheck_version),
         ):
-            ET.SubElement(properties, "property", {"name": key, "value": value})
+            ET.SubElement(properties, "property", {"name": key, "value": _xml(value)})
         for i, check in enumerate(verdict.checks):
             case = ET.SubElement(suite, "testcase", {
                 "classname": _classname(model.name),
                 "name": check.check.value,
-                "file": model.target.path,
+                "file": _xml(model.target.path),
                 "time": _seconds(model.seconds if i == 0 else 0.0),  # the analysis is timed once per model
             })
-            details = "\n".join([check.message, *(f"- {r.message}" for r in check.reasons
-                                                  if r.message != check.message)])
+            message = _xml(check.message)
+            details = "\n".join([message, *(f"- {_xml(r.message)}" for r in check.reasons
+                                            if r.message != check.message)])
             if check.failed:
-                failure = ET.SubElement(case, "failure", {"message": check.message, "type": check.check.value})
+                failure = ET.SubElement(case, "failure", {"message": message, "type": check.check.value})
                 failure.text = details
             elif check.outcome is Outcome.SKIPPED:
-                ET.SubElement(case, "skipped", {"message": check.message})
+                ET.SubElement(case, "skipped", {"message": message})
             ET.SubElement(case, "system-out").text = details
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -1,7 +1,8 @@
 """``lipcheck diff`` output formats: each :class:`DiffFormat` member builds one renderer ``Comparison -> str``.
 
 The comparison is :func:`lipcheck.gate.baseline.compare`: the certified bound and every layer's certified σ,
-matched by layer name, growth in percent of the printed (4 significant digit) values.
+matched by layer name, growth in percent of the printed (4 significant digit) values. Layer names and labels
+come from the models: the table and markdown escape them (:mod:`lipcheck.report.text`), the JSON keeps them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lipcheck.gate.baseline import Change, Comparison, LayerChange
 from lipcheck.report.ci_formats import comparison_dict, json_safe
 from lipcheck.report.model import SCHEMA_VERSION
 from lipcheck.report.numbers import format_number
+from lipcheck.report.text import markdown_text, safe_text
 
 __all__ = ["DiffFormat", "diff_summary", "render_diff_json", "render_diff_markdown", "render_diff_table"]
 
@@ -64,7 +66,7 @@ def render_diff_table(comparison: Comparison) -> str:
     for i, header in enumerate(_HEADERS):
         table.add_column(header, justify="left" if i < 2 else "right", no_wrap=i >= 2)
     for change in comparison.layers:
-        table.add_row(*(Text(cell) for cell in _row(change)))
+        table.add_row(*(Text(safe_text(cell)) for cell in _row(change)))
     buffer = io.StringIO()
     console = Console(file=buffer, width=100, color_system=None, force_terminal=False, emoji=False, highlight=False)
     console.width = max(100, console.measure(table, options=console.options.update_width(10_000)).maximum)
@@ -73,7 +75,7 @@ def render_diff_table(comparison: Comparison) -> str:
     else:
         console.print(Text("No weighted (linear) layers in either report."))
     for line in diff_summary(comparison):
-        console.print(Text(line), soft_wrap=True)
+        console.print(Text(safe_text(line)), soft_wrap=True)
     return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip().splitlines()) + "\n"
 
 
@@ -87,8 +89,7 @@ def render_diff_json(comparison: Comparison) -> str:
     return json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
 
 
-def _md(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+_md = markdown_text
 
 
 def render_diff_markdown(comparison: Comparison) -> str:

@@ -9,6 +9,10 @@ The per-layer columns are defined once in :mod:`lipcheck.report.columns`; the su
 :func:`summarize`; every number goes through :func:`format_number` (4 significant digits). When a layer
 carries a spectral-norm audit, the table and markdown add a "Spectral-norm audit" section after the
 layer table (its columns: :class:`AuditColumn`; its sentence: ``Report.spectral_norm_audit``).
+
+Names come from the model and may hold any character: the table and markdown show them escaped
+(:mod:`lipcheck.report.text`: control and bidi characters as ``\\x1b``, ``\\u202e``; no Rich markup; no
+markdown structure); the JSON keeps them exact (``json.dumps`` escapes them as ``\\u001b``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from lipcheck.report.columns import (
     layer_rows,
 )
 from lipcheck.report.model import WEIGHT_NORM, Report
+from lipcheck.report.text import markdown_text, safe_text
 
 __all__ = [
     "OutputFormat",
@@ -211,23 +216,29 @@ def summarize(report: Report, footnotes: Footnotes | None = None) -> Summary:
 # ----------------------------------------------------------------------------------------------- table
 
 
+def _text(text: str, style: str = "") -> Text:
+    """One line of the table format: a Text (never parsed as Rich markup or emoji codes) whose model-derived
+    characters are escaped (:func:`~lipcheck.report.text.safe_text`)."""
+    return Text(safe_text(text), style=style)
+
+
 def table_renderables(report: Report) -> list[RenderableType]:
     """The table format as Rich renderables (styled); :func:`render_table` captures them as text."""
     footnotes = Footnotes()
     rows = layer_rows(report.layers, footnotes)
     summary = summarize(report, footnotes)
 
-    out: list[RenderableType] = [Text(summary.title, style="bold"), Text(f"Input: {summary.inputs}")]
+    out: list[RenderableType] = [_text(summary.title, style="bold"), _text(f"Input: {summary.inputs}")]
     if rows:
         table = Table(box=box.SQUARE, header_style="bold", show_edge=True)
         for column in Column:
             table.add_column(column.header, justify=column.justify, no_wrap=column.justify == "right")
         for row in rows:
-            table.add_row(*(Text(cell) for cell in row))  # Text: names are not Rich markup
+            table.add_row(*(_text(cell) for cell in row))
         out.append(table)
     else:
         out.append(Text("No weighted (linear) layers."))
-    out.extend(Text(line, style="dim") for line in summary.footnotes)
+    out.extend(_text(line, style="dim") for line in summary.footnotes)
     if summary.audit_rows:
         out.append(Text(f"\n{AUDIT_TITLE}:", style="bold"))
         audit = Table(box=box.SQUARE, header_style="bold", show_edge=True)
@@ -235,22 +246,23 @@ def table_renderables(report: Report) -> list[RenderableType]:
             audit.add_column(audit_column.header, justify=audit_column.justify,
                              no_wrap=audit_column.justify == "right")
         for row in summary.audit_rows:
-            audit.add_row(*(Text(cell) for cell in row))
+            audit.add_row(*(_text(cell) for cell in row))
         out.append(audit)
-        out.extend(Text(line.value, style="bold red" if line.warning else "") for line in summary.audit_lines)
+        out.extend(_text(line.value, style="bold red" if line.warning else "") for line in summary.audit_lines)
 
     out.append(Text(""))
     label_width = max(len(fact.label) for fact in summary.facts) + 2
     for fact in summary.facts:
         out.append(
             Text.assemble(
-                (fact.label.ljust(label_width), "bold"), (fact.value, "bold red" if fact.warning else "")
+                (fact.label.ljust(label_width), "bold"),
+                (safe_text(fact.value), "bold red" if fact.warning else ""),
             )
         )
     for title, items in summary.sections:
         out.append(Text(f"\n{title}:", style="bold"))
-        out.extend(Text(f"  - {item}") for item in items)
-    out.append(Text(f"\nSettings: {summary.settings}", style="dim"))
+        out.extend(_text(f"  - {item}") for item in items)
+    out.append(Text("\nSettings: " + safe_text(summary.settings), style="dim"))
     return out
 
 
@@ -304,9 +316,7 @@ def render_json(report: Report) -> str:
 # -------------------------------------------------------------------------------------------- markdown
 
 
-def _md(text: str) -> str:
-    """Make text safe inside a GitHub table cell or list item."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+_md = markdown_text  # a GitHub table cell or list item: one line, no control characters, HTML or links
 
 
 def render_markdown(report: Report) -> str:

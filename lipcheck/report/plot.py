@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from lipcheck.errors import MissingExtraError, UsageError
 from lipcheck.report.model import Report
 from lipcheck.report.numbers import format_number
+from lipcheck.report.text import safe_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -53,8 +54,15 @@ def check_plot_path(path: str | os.PathLike[str]) -> None:
         raise UsageError(f"--plot {os.fspath(path)}: the file must end in {', '.join(PLOT_SUFFIXES)}")
 
 
+def _plain(text: str) -> str:
+    """Text for matplotlib as it reads: ``$`` escaped (no mathtext: ``$\\foo$`` in a name would fail to
+    draw), control characters as visible escapes (:func:`~lipcheck.report.text.safe_text`)."""
+    return safe_text(text).replace("$", r"\$")
+
+
 def _label(name: str) -> str:
-    return name if len(name) <= _MAX_LABEL else "…" + name[-(_MAX_LABEL - 1):]
+    name = safe_text(name)  # shortened as displayed
+    return _plain(name if len(name) <= _MAX_LABEL else "…" + name[-(_MAX_LABEL - 1):])
 
 
 def _nan(value: float | None) -> float:
@@ -78,7 +86,7 @@ def build_figure(
     x = list(range(n))
     upper_text = format_number(report.upper_bound, none="unbounded")
     lower = report.lower_bound.value if report.lower_bound else None
-    title = f"{report.model}: certified upper bound {upper_text}"
+    title = f"{_plain(report.model)}: certified upper bound {upper_text}"
     if lower is not None:
         title += f", lower bound {format_number(lower)}"
     if report.ratio is not None:

@@ -67,12 +67,43 @@ def matmul_blocks(w: np.ndarray, x_shape: tuple[int, ...], w_on_right: bool) -> 
     return np.stack([np.concatenate([flat[b] for b in g], axis=1) for g in sorted(unique)])
 
 
-def _matrix_layer(blocks: np.ndarray, ctx: RuleContext) -> NormResult:
-    from lipcheck.norms.matrix import batched_matrix_norms, matrix_norms
+def _matrix_layer(blocks: np.ndarray, ctx: RuleContext, node: Node) -> NormResult:
+    from lipcheck.bound.budget import matrix_costs, plan_layer
+    from lipcheck.norms.matrix import batched_matrix_norms, ldexp_norms, matrix_norms, normalizing_exponent
 
-    if blocks.shape[0] == 1:
-        return matrix_norms(blocks[0], **ctx.norm_options())  # type: ignore[arg-type]
-    return batched_matrix_norms(blocks, **ctx.norm_options())  # type: ignore[arg-type]
+    options = ctx.norm_options()
+    b, m, n = blocks.shape
+    costs = matrix_costs(batch=b, m=m, n=n, iterations=int(options["iterations"]),
+                         exact_limit=int(options["exact_limit"]))
+    plan = plan_layer(node.name, node.op_type, costs, int(options["iterations"]))
+    options["iterations"] = plan.iterations
+    k = normalizing_exponent(blocks)  # float64 weights of 1e-200: normalized, so that no square underflows
+    if k:
+        blocks = np.ldexp(blocks, -k)
+    if b == 1:
+        return ldexp_norms(matrix_norms(blocks[0], skip=plan.skip, **options), k)  # type: ignore[arg-type]
+    return ldexp_norms(batched_matrix_norms(blocks, skip=plan.skip, **options), k)  # type: ignore[arg-type]
+
+
+def _conv_plan(node: Node, ctx: RuleContext, w: np.ndarray, geom, out_spatial: tuple[int, ...],  # type: ignore[no-untyped-def]
+               exact_size: int) -> tuple[dict[str, float | int], dict[str, str]]:
+    """The norm options and the stages to skip for a Conv (or the Conv a ConvTranspose is the adjoint of, whose
+    input is ``geom.input_spatial`` and output ``out_spatial``), under the resource limits
+    (:mod:`lipcheck.bound.budget`): estimated from the shapes, before anything of the operator's size exists."""
+    from lipcheck.bound.budget import conv_costs, plan_layer
+
+    options = ctx.norm_options()
+    costs = conv_costs(
+        c_out=int(w.shape[0]), c_in=int(w.shape[1]) * geom.groups, groups=geom.groups,
+        kernel=tuple(int(k) for k in w.shape[2:]), input_spatial=tuple(geom.input_spatial),
+        output_spatial=tuple(out_spatial),
+        padded=tuple(n + b + e for n, b, e in zip(geom.input_spatial, geom.pads_begin, geom.pads_end)),
+        strides=tuple(geom.strides), iterations=int(options["iterations"]), exact_size=exact_size,
+        exact_limit=int(options["exact_limit"]),
+    )
+    plan = plan_layer(node.name, node.op_type, costs, int(options["iterations"]))
+    options["iterations"] = plan.iterations
+    return options, dict(plan.skip)
 
 
 @register("MatMul")
@@ -86,7 +117,7 @@ def matmul(node: Node, ctx: RuleContext) -> OpBound:
     index, wname, xname = (0, b, a) if var == [0] else (1, a, b)
     w = ctx.const(wname)
     blocks = matmul_blocks(w, ctx.shape(xname), w_on_right=index == 0)  # type: ignore[arg-type]
-    norms = _matrix_layer(blocks, ctx)
+    norms = _matrix_layer(blocks, ctx, node)
     release_pages(w)
     return _layer(index, norms, "MatMul: σ_max(W)", wname)
 
@@ -116,7 +147,7 @@ def gemm(node: Node, ctx: RuleContext) -> OpBound:
             stored = np.asarray(ctx.const(a))
             w = stored.T if node.attr("transA", 0) else stored  # X' ↦ α A' X'
             index, weight = 1, a
-        norms = scale_norms(_matrix_layer(w[None], ctx), alpha)  # σ(αW) = |α|·σ(W)
+        norms = scale_norms(_matrix_layer(w[None], ctx, node), alpha)  # σ(αW) = |α|·σ(W)
         release_pages(stored)
         gains[index], est[index] = norms.sigma_upper, norms.sigma_power
     if c and ctx.is_var(c):
@@ -134,6 +165,16 @@ def _conv_geometry(node: Node, ctx: RuleContext, transpose: bool):  # type: igno
     w = ctx.const(wname)
     if w is None:
         raise NoGlobalConstant(f"{node.op_type} with input-dependent weights has no global constant")
+    # validation, not bounding: a weight whose channels do not fit the input and `group` is another operator
+    group, x_shape = int(node.attr("group", 1)), ctx.shape(x)
+    reads = int(w.shape[0]) if transpose else int(w.shape[1]) * group if w.ndim >= 2 else -1
+    if group < 1 or int(w.shape[0]) % group or len(x_shape) < 2 or x_shape[1] != reads:
+        from lipcheck.errors import InvalidModelError
+
+        raise InvalidModelError(
+            f"node '{node.name}' ({node.op_type}): input '{x}' of shape {list(x_shape)} does not fit weight "
+            f"'{wname}' {list(w.shape)} with group {group}"
+        )
     spatial = ctx.shape(x)[2:]
     out_spatial = ctx.shape(node.outputs[0])[2:]
     r = len(spatial)
@@ -189,11 +230,18 @@ def _conv_geometry(node: Node, ctx: RuleContext, transpose: bool):  # type: igno
 @register("Conv")
 def conv(node: Node, ctx: RuleContext) -> OpBound:
     from lipcheck.norms.conv import conv_norms
+    from lipcheck.norms.matrix import ldexp_norms, normalizing_exponent
 
     if ctx.var_inputs(node) != [0]:
         raise NoGlobalConstant("Conv with input-dependent weights or bias has no global constant")
     w, geom, _ = _conv_geometry(node, ctx, transpose=False)
-    norms = conv_norms(np.asarray(w, dtype=np.float64), geom, **ctx.norm_options())  # type: ignore[arg-type]
+    out_spatial = ctx.shape(node.outputs[0])[2:]
+    options, skip = _conv_plan(node, ctx, w, geom, out_spatial, int(w.shape[1]) * geom.groups * math.prod(
+        geom.input_spatial))
+    k = normalizing_exponent(w)  # float64 weights of 1e-200: normalized, so that no square underflows
+    norms = ldexp_norms(
+        conv_norms(np.ldexp(np.asarray(w, dtype=np.float64), -k), geom, skip=skip, **options), k  # type: ignore[arg-type]
+    )
     release_pages(w)
     return _layer(0, norms, "Conv: operator norm on its input", node.inputs[1])
 
@@ -201,13 +249,22 @@ def conv(node: Node, ctx: RuleContext) -> OpBound:
 @register("ConvTranspose")
 def conv_transpose(node: Node, ctx: RuleContext) -> OpBound:
     from lipcheck.norms.conv import conv_transpose_norms
+    from lipcheck.norms.matrix import ldexp_norms, normalizing_exponent
 
     if ctx.var_inputs(node) != [0]:
         raise NoGlobalConstant("ConvTranspose with input-dependent weights or bias has no global constant")
     w, geom, out_pad = _conv_geometry(node, ctx, transpose=True)
-    norms = conv_transpose_norms(
-        np.asarray(w, dtype=np.float64), geom, out_pad, **ctx.norm_options()  # type: ignore[arg-type]
-    )
+    from lipcheck.norms.conv import ConvGeometry
+
+    # the adjoint Conv: from the transpose's output (its input) to the transpose's input (its output)
+    adjoint = ConvGeometry(tuple(ctx.shape(node.outputs[0])[2:]), geom.strides, geom.dilations, geom.pads_begin,
+                           geom.pads_end, geom.groups)
+    options, skip = _conv_plan(node, ctx, w, adjoint, tuple(geom.input_spatial),
+                               int(w.shape[0]) * math.prod(geom.input_spatial))
+    k = normalizing_exponent(w)
+    norms = ldexp_norms(conv_transpose_norms(
+        np.ldexp(np.asarray(w, dtype=np.float64), -k), geom, out_pad, skip=skip, **options  # type: ignore[arg-type]
+    ), k)
     release_pages(w)
     return _layer(0, norms, "ConvTranspose: operator norm on its input", node.inputs[1])
 

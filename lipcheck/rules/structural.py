@@ -44,9 +44,6 @@ register_constant(
 )
 
 for _op, _why in {
-    "If": "control flow (If) is not supported: lipcheck cannot bound its branches",
-    "Loop": "control flow (Loop) is not supported",
-    "Scan": "control flow (Scan) is not supported",
     "ArgMax": "ArgMax returns integer indices: no Lipschitz constant",
     "ArgMin": "ArgMin returns integer indices: no Lipschitz constant",
     "Equal": "a comparison is discontinuous: no Lipschitz constant",
@@ -59,6 +56,18 @@ for _op, _why in {
     "Mod": "Mod is discontinuous: no Lipschitz constant",
 }.items():
     register(_op)(unbounded_rule(_why))
+
+
+@register("If", "Loop", "Scan")
+def control_flow(node: Node, ctx: RuleContext) -> OpBound:
+    """No constant: an If whose condition is constant was inlined by the loader, so this one's branch is chosen at
+    run time; Loop / Scan bodies are not bounded. Inputs include what the subgraphs read from the enclosing scope."""
+    var = [node.inputs[i] for i in ctx.var_inputs(node)]
+    if not var:
+        return OpBound(gains={}, rule="constant")
+    shown = ", ".join(f"'{v}'" for v in var[:4]) + (f" and {len(var) - 4} more" if len(var) > 4 else "")
+    what = "an If whose condition is not a constant" if node.op_type == "If" else f"a {node.op_type} body"
+    raise NoGlobalConstant(f"control flow: {what} reads {shown}; lipcheck cannot bound control flow")
 
 
 @register("Cast", "CastLike")

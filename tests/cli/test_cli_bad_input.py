@@ -58,12 +58,6 @@ def _directory(tmp: Path) -> Path:
     return p
 
 
-def _no_weights(tmp: Path) -> Path:
-    p = tmp / "relu.onnx"
-    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"], name="r")], [("x", (1, 3))], ["y"]), p)
-    return p
-
-
 def _empty_graph(tmp: Path) -> Path:
     p = tmp / "nodes.onnx"
     onnx.save(make_model([], [("x", (1, 3))], ["x"], {"w": np.ones(1, np.float32)}), p)
@@ -101,7 +95,6 @@ CASES: list[tuple[Callable[[Path], Path], list[str], str]] = [
     (_truncated, [], r"truncated or corrupt"),
     (_empty_file, [], r"file is empty"),
     (_directory, [], r"is a directory"),
-    (_no_weights, [], r"no weights"),
     (_empty_graph, [], r"empty"),
     (_nan_weights, [], r"'w' used by node 'fc' \(Gemm\) contains (NaN|Inf)"),
     (_dynamic, [], r"input 'x' has dynamic dimensions \[batch, 6\]: pass --input-shape"),
