@@ -29,7 +29,8 @@ __all__ = [
 MAX_BASELINE_BYTES = 64 << 20  # a baseline / JSON report: real ones are kilobytes
 MAX_CONFIG_BYTES = 1 << 20  # pyproject.toml, lipcheck.toml
 MAX_DIM = 2**31 - 1  # one tensor dimension (what a C int, and every runtime's index type, holds)
-MAX_INPUT_ELEMENTS = 2**32  # elements of one model input: 16 GiB of float32, far past what can be bounded
+MAX_INPUT_ELEMENTS = 2**40  # elements of one model input (4 TiB of float32): a hard limit, past any machine;
+# lipcheck.bound.budget's lower, resource-based limit is the one --force lifts
 
 
 class FileLimitError(LipcheckError):

@@ -82,7 +82,7 @@ def test_special_files_are_never_replaced(tmp_path: Path) -> None:
                 write_text_atomically(path, "report")
     finally:
         sock.close()
-    assert stat.S_ISFIFO(fifo.lstat().st_mode) and folder.is_dir() and os.path.ischar("/dev/null")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and folder.is_dir() and stat.S_ISCHR(os.stat("/dev/null").st_mode)
     assert stat.S_ISSOCK((tmp_path / "sock").lstat().st_mode) and link_to_device.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "folder", "null-link", "sock"]
 
@@ -258,7 +258,7 @@ def test_stale_staged_files_are_removed_and_live_ones_kept(tmp_path: Path) -> No
     live = tmp_path / f".m.onnx.lipcheck-tmp-{host}-1-0123abcd"  # pid 1 runs
     mine = tmp_path / f".m.onnx.lipcheck-tmp-{host}-{os.getpid()}-0123abcd"
     other_host = tmp_path / f".m.onnx.lipcheck-tmp-ffffffff-{dead}-0123abcd"
-    old = tmp_path / f".m.onnx.lipcheck-tmp-ffffffff-1-4567abcd"
+    old = tmp_path / ".m.onnx.lipcheck-tmp-ffffffff-1-4567abcd"
     foreign = [tmp_path / ".m.onnx.tmp-0123abcd", tmp_path / "m.onnx.lipcheck-tmp-x", tmp_path / "m.onnx"]
     for p in [stale_file, live, mine, other_host, old, *foreign]:
         p.write_bytes(b"staged")

@@ -15,8 +15,7 @@ function of exactly what :func:`layer_key` hashes:
 Node and tensor names are not part of the key: the walker puts the current node's name on the row, and
 the stored weight is the *index* of the input that holds it. Values are JSON (never pickle: a cache folder
 may be shared, and reading it must never run code), one file per key, written atomically
-(:func:`lipcheck.files.atomic_outputs`; a symlink or FIFO planted at an entry's path is replaced, never
-followed).
+(:func:`_write_entry`: a symlink or FIFO planted at an entry's path is replaced, never followed).
 
 An entry is never trusted as it is. Anything wrong with it is a miss: the layer is recomputed (debug log) and
 the report's note counts it; never an error, never a number taken on faith:
@@ -617,8 +616,6 @@ class LayerCache:
     def store(self, key: str, node: Node, bound: OpBound) -> None:
         """Store ``bound`` under ``key``, signed; only what :meth:`load` gives back unchanged is stored (a
         zero or non-finite gain, for one, is recomputed every time rather than stored)."""
-        from lipcheck.files import atomic_outputs
-
         if self.secret is None:
             return
         try:
@@ -635,9 +632,7 @@ class LayerCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.parent.is_symlink():
                 raise _NotAnEntry(f"{path.parent} is a symbolic link")
-            _remove_unless_regular(path)
-            with atomic_outputs([path]) as (tmp,):
-                tmp.write_text(text, encoding="utf-8")
+            _write_entry(path, text)
         except OSError as exc:
             log.debug("layer cache: cannot write %s: %s", path, exc)
             self.stats.write_errors += 1
@@ -671,14 +666,31 @@ class LayerCache:
         return text
 
 
-def _remove_unless_regular(path: Path) -> None:
-    """Remove a symlink, FIFO, socket or device planted at an entry's path (a folder stays: the write fails)."""
+def _write_entry(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` all or nothing: a new temporary file in the same folder (created exclusively,
+    never through a symlink), then ``os.replace``, which replaces a symlink or FIFO planted at ``path`` itself,
+    never the file it points to (:func:`lipcheck.files.atomic_outputs` follows symlinks: right for a user's
+    outputs, not for a shared folder). Not fsynced: an entry torn by a crash is invalid, hence a miss."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        temp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
+        try:
+            fd = os.open(temp, flags, 0o666)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise FileExistsError(f"no free temporary name next to {path}")
     try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
-        os.unlink(path)
+        with os.fdopen(fd, "wb") as out:
+            out.write(text.encode("utf-8"))
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
 
 
 def open_cache(directory: str | os.PathLike[str]) -> LayerCache:

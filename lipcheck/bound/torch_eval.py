@@ -33,6 +33,9 @@ import torch.nn.functional as F  # noqa: N812 - the conventional name
 
 from lipcheck.errors import LipcheckError
 from lipcheck.ir.graph import Graph, Node, TensorInfo
+from lipcheck.threads import configure_torch
+
+configure_torch()  # the thread count the CLI chose (lipcheck.threads), if any
 
 Tensor = torch.Tensor
 

@@ -81,7 +81,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
     elements = math.prod(dims)
     if elements > MAX_INPUT_ELEMENTS:
         raise InputShapeError(f"invalid --input-shape {text!r}: {elements} elements, more than the "
-                              f"{MAX_INPUT_ELEMENTS} (2^32) lipcheck can analyse")
+                              f"{MAX_INPUT_ELEMENTS} (2^40) any machine could hold")
     return dims
 
 
@@ -756,7 +756,8 @@ def check(
     ] = None,
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", envvar="LIPCHECK_TRUST_PICKLE", rich_help_panel=_TORCH_PANEL,
-                           help=_TRUST_HELP + " Never read from the configuration."),
+                           help=_TRUST_HELP + " Also trusts an arch factory named in the configuration (code under "
+                           "review). Never read from the configuration."),
     ] = False,
     debug: DebugOpt = False,
 ) -> None:

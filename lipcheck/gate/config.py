@@ -18,6 +18,9 @@ set at the top level or per model.
 
 ``trust-pickle = true`` is refused (:class:`ConfigError`): the file is part of what is reviewed, so trust in a
 model file comes only from ``--trust-pickle`` or ``LIPCHECK_TRUST_PICKLE=1``, set by whoever runs lipcheck.
+For the same reason an ``arch`` read here (a Python file or module that builds the module, also under review)
+is used only with that trust (:func:`lipcheck.gate.run.resolve_targets` refuses it otherwise); ``--arch`` on
+the command line is the user's choice and needs none.
 
 The file is found by walking up from the current folder: in each folder ``lipcheck.toml`` first, then a
 ``pyproject.toml`` that has a ``[tool.lipcheck]`` table. Keys are kebab-case; every key is validated and an

@@ -15,7 +15,7 @@ from typing import Any
 
 from lipcheck.errors import LipcheckError, UsageError
 from lipcheck.gate.baseline import Snapshot, load_snapshot
-from lipcheck.gate.config import Config, InputShapes, ModelOptions
+from lipcheck.gate.config import Config, ConfigError, InputShapes, ModelOptions
 from lipcheck.gate.decision import Thresholds, Verdict, evaluate
 from lipcheck.report.model import Report
 
@@ -114,7 +114,9 @@ def resolve_targets(models: Sequence[str], config: Config, flags: ModelOptions) 
     top-level table), or every configured model when ``models`` is empty; ``flags`` override both.
 
     Raises :class:`UsageError` when there is nothing to check, or when a per-model flag (``--baseline``,
-    ``--plot``) meets several models in a way that cannot be right.
+    ``--plot``) meets several models in a way that cannot be right; :class:`ConfigError` when a model's ``arch``
+    comes from the configuration (its code is under review) and neither ``flags.arch`` nor
+    ``flags.trust_pickle`` is given.
     """
     if models:
         chosen = []
@@ -135,12 +137,25 @@ def resolve_targets(models: Sequence[str], config: Config, flags: ModelOptions) 
         )
     targets = []
     for path, name, options in chosen:
+        if options.arch is not None and flags.arch is None and not flags.trust_pickle:
+            raise _untrusted_arch(config, name, options.arch)
         # trust in a model file comes from the command line (or LIPCHECK_TRUST_PICKLE), never from the configuration
         merged = replace(options.merged(flags), trust_pickle=flags.trust_pickle)
         if flags.plot is not None and len(chosen) > 1:
             merged = replace(merged, plot=_plot_name(flags.plot, name))
         targets.append(_target(path, name, merged))
     return targets
+
+
+def _untrusted_arch(config: Config, name: str, arch: str) -> ConfigError:
+    """``arch`` from the configuration imports and runs a Python file or module of the repository under review
+    (a pull request could add both the model and the factory): only with trust given where lipcheck is run."""
+    where = f"{config.file}: " if config.file else ""
+    return ConfigError(
+        f"{where}arch = {arch!r} (model {name}): an architecture from the configuration imports and runs code "
+        "from the files under review, so lipcheck does not: pass --trust-pickle, or set LIPCHECK_TRUST_PICKLE=1, "
+        "where lipcheck is run (the CI job), or give --arch on the command line"
+    )
 
 
 def _plot_name(plot: str, name: str) -> str:

@@ -438,7 +438,10 @@ def onnxruntime_runner(
             import onnxruntime as ort
 
             data = model if isinstance(model, str) else model.SerializeToString()
-            session.append(ort.InferenceSession(data, providers=["CPUExecutionProvider"]))
+            from lipcheck.threads import onnxruntime_options
+
+            session.append(ort.InferenceSession(data, sess_options=onnxruntime_options(ort),
+                                                providers=["CPUExecutionProvider"]))
         feeds: dict[str, np.ndarray] = {}
         it = iter(float_inputs)
         for i in inputs:
@@ -494,7 +497,10 @@ def _evaluate_constants(
         try:
             import onnxruntime as ort
 
-            sess = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+            from lipcheck.threads import onnxruntime_options
+
+            sess = ort.InferenceSession(sub.SerializeToString(), sess_options=onnxruntime_options(ort),
+                                        providers=["CPUExecutionProvider"])
             results = sess.run(names, {})
         except Exception as exc2:  # noqa: BLE001
             raise LoadError(
@@ -562,7 +568,10 @@ def _shapes_from_onnxruntime(
             dt = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
             feeds[vi.name] = np.zeros(shapes_in[vi.name], dtype=dt)
     try:
-        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        from lipcheck.threads import onnxruntime_options
+
+        sess = ort.InferenceSession(m.SerializeToString(), sess_options=onnxruntime_options(ort),
+                                    providers=["CPUExecutionProvider"])
         outs = sess.run(names, feeds)
     except Exception:  # noqa: BLE001 - e.g. a custom op: its shapes stay unknown, its rule says so
         return

@@ -157,7 +157,7 @@ def _check_value_info(vi: onnx.ValueInfoProto, what: str, where: str, *, is_inpu
         if count > MAX_INPUT_ELEMENTS:
             raise InvalidModelError(
                 f"{where}: {what} has {count} elements (shape {dims}), more than the {MAX_INPUT_ELEMENTS} "
-                "lipcheck can analyse"
+                "(2^40) any machine could hold"
             )
 
 

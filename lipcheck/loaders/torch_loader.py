@@ -50,6 +50,9 @@ from torch import nn
 from lipcheck.errors import InputShapeError, LoadError, UnsupportedModelError
 from lipcheck.ir.graph import Graph
 from lipcheck.loaders import TorchOptions, check_model_file
+from lipcheck.threads import configure_torch
+
+configure_torch()  # the thread count the CLI chose (lipcheck.threads), if any
 
 OPSET = 17
 TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".ckpt", ".bin", ".tar", ".pkl", ".jit", ".ts")

@@ -4,8 +4,10 @@ The analysis names each weighted layer's weight by ``param`` (the torch name the
 carries, see :mod:`lipcheck.loaders.torch_loader`); :func:`write_scaled_torch` multiplies what that layer
 computes with by ``factors[param]``, so its certified σ scales by exactly that factor:
 
-- TorchScript archive → TorchScript archive (``torch.jit.load`` / ``torch.jit.save``, extra files kept).
+- TorchScript archive → TorchScript archive (read as the loader reads it, :func:`load_torchscript`: without
+  ``trust_pickle`` its code is inspected before any of it runs; ``torch.jit.save``, extra files kept).
 - torch.export program (``.pt2``) → ``.pt2`` (the tensor in ``program.state_dict`` or ``program.constants``;
+  without ``trust_pickle`` the archive is checked as the loader checks it before ``torch.export.load``;
   ``torch.export.save``, extra files kept).
 - state dict / training checkpoint → the same object (loaded with ``weights_only=True``, or unpickled with
   ``trust_pickle``): every key, the nesting, the optimizer state, the epoch stay; only the tensors of the
@@ -52,7 +54,13 @@ from lipcheck.loaders.parametrizations import (
     _keys_for,
     find_parametrizations,
 )
-from lipcheck.loaders.torch_loader import locate_state_dict, read_torch_save, sniff
+from lipcheck.loaders.torch_loader import (
+    _check_export_archive,
+    load_torchscript,
+    locate_state_dict,
+    read_torch_save,
+    sniff,
+)
 from lipcheck.normalize.onnx_writer import WrittenScale  # one record type for both writers
 
 __all__ = ["HOW_PLAIN", "HOW_SPECTRAL_NORM", "HOW_WEIGHT_NORM", "WrittenScale", "write_scaled_torch"]
@@ -84,9 +92,9 @@ def write_scaled_torch(
     label = str(source)
     kind = sniff(source)
     if kind == "torchscript":
-        return _write_torchscript(source, out, factors, label)
+        return _write_torchscript(source, out, factors, options, label)
     if kind == "export":
-        return _write_exported_program(source, out, factors, label)
+        return _write_exported_program(source, out, factors, options, label)
     if kind != "pickle":
         raise LoadError(f"{label}: not a PyTorch file (expected a TorchScript archive, a torch.export .pt2 "
                         "program, or a torch.save checkpoint)")
@@ -103,12 +111,18 @@ def _extra_file_names(path: Path) -> list[str]:
                 if len(parts) == 3 and parts[1] == "extra" and parts[2]]
 
 
-def _write_torchscript(source: Path, out: Path, factors: Mapping[str, float], label: str) -> list[WrittenScale]:
-    extra: dict[str, Any] = dict.fromkeys(_extra_file_names(source), "")
-    try:
-        module = torch.jit.load(str(source), map_location="cpu", _extra_files=extra)
-    except Exception as exc:  # noqa: BLE001
-        raise LoadError(f"{label}: a TorchScript archive that torch.jit.load cannot read ({_short(exc)})") from exc
+def _extra_file_contents(path: Path) -> dict[str, bytes]:
+    """The ``extra/`` records of a TorchScript archive, name → bytes, read from the zip (nothing runs)."""
+    with zipfile.ZipFile(path) as z:
+        return {parts[2]: z.read(n) for n in z.namelist()
+                if len(parts := n.split("/", 2)) == 3 and parts[1] == "extra" and parts[2]}
+
+
+def _write_torchscript(
+    source: Path, out: Path, factors: Mapping[str, float], options: TorchOptions, label: str
+) -> list[WrittenScale]:
+    extra: dict[str, Any] = _extra_file_contents(source)
+    module = load_torchscript(source, options)  # a LoadError for code with side effects, without trust_pickle
     written = _scale(_module_tensors(module), factors, label, "the TorchScript module")
 
     def save(f: IO[bytes]) -> None:
@@ -119,8 +133,10 @@ def _write_torchscript(source: Path, out: Path, factors: Mapping[str, float], la
 
 
 def _write_exported_program(
-    source: Path, out: Path, factors: Mapping[str, float], label: str
+    source: Path, out: Path, factors: Mapping[str, float], options: TorchOptions, label: str
 ) -> list[WrittenScale]:
+    if not options.trust_pickle:
+        _check_export_archive(source)  # what torch.export.load would unpickle in full: refused, as the loader does
     extra: dict[str, Any] = dict.fromkeys(_extra_file_names(source), "")
     try:
         program = torch.export.load(str(source), extra_files=extra)

@@ -41,6 +41,9 @@ from lipcheck.norms.margin import EPS64, as_float64, rounding_margin
 from lipcheck.norms.matrix import batched_matrix_norms, sigma_max_svd
 from lipcheck.norms.power import LanczosError, PowerResult, lanczos_sigma_max, lanczos_top_vector_float32
 from lipcheck.report.model import NormResult
+from lipcheck.threads import configure_torch
+
+configure_torch()  # the thread count the CLI chose (lipcheck.threads), if any
 
 DENSE_LIMIT = 512  # operators whose smaller side is at most this (and ...)
 DENSE_MAX_ENTRIES = 4_000_000  # ... with at most this many entries are SVD'd as explicit matrices

@@ -193,12 +193,12 @@ def test_the_cache_folder_is_created_and_a_file_is_refused(tmp_path: Path) -> No
 
 
 def test_an_unwritable_cache_does_not_fail_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lipcheck.files
+    import lipcheck.bound.cache as cache_module
 
     def refuse(*_: Any, **__: Any) -> Any:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(lipcheck.files, "atomic_outputs", refuse)
+    monkeypatch.setattr(cache_module, "_write_entry", refuse)
     report = _analyze(tmp_path)
     assert "could not be written" in _cache_note(report)
     assert _numbers(report) == _numbers(_analyze(None))

@@ -18,7 +18,10 @@ from lipcheck.report.text import safe_text
 from tests.report.hostile import (
     ANSI,
     LAYER_1,
+    LAYER_2,
+    LAYER_3,
     PRODUCT,
+    RELU,
     assert_github_safe,
     assert_junit_safe,
     assert_markdown_safe,
@@ -112,6 +115,9 @@ def test_diff(model: str) -> None:
 def test_progress_bar_shows_escaped_layer_names(model: str) -> None:
     result = runner.invoke(app, ["analyze", model, "--no-lower-bound", "--progress", "-f", "json"])
     assert result.exit_code == EXIT_OK, result.stderr
+    names = (LAYER_1, LAYER_2, LAYER_3, RELU, PRODUCT)
+    assert not [name for name in names if name in result.stderr]
+    assert any(safe_text(name) in result.stderr for name in names)  # the bar did show a layer
     assert ANSI not in result.stderr and "\u202e" not in result.stderr and "\x1b[2J" not in result.stderr
 
 

@@ -547,7 +547,8 @@ def test_a_failure_mid_write_leaves_nothing(exc: BaseException, tmp_path: Path,
     listing = sorted(p.name for p in tmp_path.iterdir())
 
     def fail(model: onnx.ModelProto, path: Path) -> None:  # the data file copy is written by now
-        assert any(p.name.startswith(".out.onnx.data.tmp-") and p.stat().st_size > 0 for p in tmp_path.iterdir())
+        assert any(p.name.startswith(".out.onnx.data.lipcheck-tmp-") and p.stat().st_size > 0
+                   for p in tmp_path.iterdir())
         raise exc
 
     monkeypatch.setattr(onnx_writer, "_write_model", fail)
@@ -562,7 +563,7 @@ def test_atomic_outputs(tmp_path: Path) -> None:
     b.write_bytes(b"old")
     with atomic_outputs([a, b]) as temps:
         assert [t.parent for t in temps] == [tmp_path, tmp_path]
-        assert [t.name.split(".tmp-")[0] for t in temps] == [".a.bin", ".b.bin"]
+        assert [t.name.split(".lipcheck-tmp-")[0] for t in temps] == [".a.bin", ".b.bin"]
         for t, text in zip(temps, (b"A", b"B")):
             t.write_bytes(text)
         assert b.read_bytes() == b"old"

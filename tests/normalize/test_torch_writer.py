@@ -369,7 +369,7 @@ def test_written_copy_scales_each_layer_by_its_factor(case: Case, tmp_path: Path
     written = write_scaled_torch(source, out, factors, case.torch_options)
 
     assert _sha(source) == digest
-    assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]  # no temporary file left behind
+    assert not [name for name in os.listdir(tmp_path) if ".lipcheck-" in name]  # no temporary file left behind
     assert [w.param for w in written] == list(factors)
     for w in written:
         assert w.factor == factors[w.param]
