@@ -80,10 +80,20 @@ class ResourceLimits:
     when the session opens)."""
 
     enabled: bool = True
-    max_input_elements: int = MAX_INPUT_ELEMENTS
-    stage_seconds: float = STAGE_SECONDS
-    warn_seconds: float = WARN_SECONDS
+    max_input_elements: int | None = None  # None: MAX_INPUT_ELEMENTS
+    stage_seconds: float | None = None  # None: STAGE_SECONDS
+    warn_seconds: float | None = None  # None: WARN_SECONDS
     memory_bytes: int | None = None
+
+    def resolved(self) -> ResourceLimits:
+        """These limits with every ``None`` replaced by the module's current default."""
+        return ResourceLimits(
+            enabled=self.enabled,
+            max_input_elements=MAX_INPUT_ELEMENTS if self.max_input_elements is None else self.max_input_elements,
+            stage_seconds=STAGE_SECONDS if self.stage_seconds is None else self.stage_seconds,
+            warn_seconds=WARN_SECONDS if self.warn_seconds is None else self.warn_seconds,
+            memory_bytes=self.memory_bytes,
+        )
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,8 @@ class LayerPlan:
 def format_seconds(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "forever"
+    if seconds < 10:
+        return f"{seconds:.2g} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:
@@ -260,7 +272,7 @@ _ACTIVE: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("lipch
 @contextmanager
 def session(limits: ResourceLimits | None = None) -> Iterator[_Session]:
     """The limits of one analysis, for the rules it runs (:func:`plan_layer`); ``.events`` lists what was skipped."""
-    limits = limits or ResourceLimits()
+    limits = (limits or ResourceLimits()).resolved()
     memory = float(limits.memory_bytes) if limits.memory_bytes is not None else MEMORY_FRACTION * available_memory()
     state = _Session(limits, memory)
     token = _ACTIVE.set(state)
@@ -275,7 +287,7 @@ def current() -> tuple[ResourceLimits, float]:
     state = _ACTIVE.get()
     if state is not None:
         return state.limits, state.memory
-    limits = ResourceLimits()
+    limits = ResourceLimits().resolved()
     return limits, MEMORY_FRACTION * available_memory()
 
 
@@ -300,6 +312,7 @@ def plan_layer(node: str, op: str, costs: Mapping[str, StageCost], iterations: i
     limits, memory = current()
     if not limits.enabled:
         return LayerPlan({}, iterations)
+    assert limits.stage_seconds is not None and limits.warn_seconds is not None
     skip: dict[str, str] = {}
     per_iteration = costs["power"].seconds / max(iterations, 1) if "power" in costs else 0.0
     for stage, cost in costs.items():
@@ -340,6 +353,7 @@ def check_input_sizes(inputs: Mapping[str, tuple[int, ...]]) -> None:
     limits, _ = current()
     if not limits.enabled:
         return
+    assert limits.max_input_elements is not None
     for name, shape in inputs.items():
         count = math.prod(int(d) for d in shape) if shape else 1
         if count > limits.max_input_elements:

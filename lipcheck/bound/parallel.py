@@ -30,6 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from lipcheck.errors import LipcheckError
 from lipcheck.ir.graph import Graph, Node
 from lipcheck.report.model import Settings
 from lipcheck.rules.registry import NoGlobalConstant, OpBound
@@ -113,6 +114,8 @@ def _run(task: LayerTask) -> tuple[int, str, Any]:
         return task.index, "unbounded", str(exc)
     except RuleFailure as exc:
         return task.index, "failure", str(exc)
+    except LipcheckError as exc:  # a model the rule refuses: the same one line as without --jobs
+        return task.index, "error", exc
 
 
 _ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -196,6 +199,8 @@ def bound_in_workers(
                     outcome = value
                 elif kind == "unbounded":
                     outcome = NoGlobalConstant(value)
+                elif kind == "error":
+                    outcome = value
                 else:
                     outcome = RuleFailure(value)
                 on_result(index, outcome)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lipcheck.errors import LipcheckError
 from lipcheck.ir.graph import Graph, Node
 from lipcheck.progress import NullProgress, Progress, WorkMeter
 from lipcheck.report.model import LayerResult, OpResult, Settings, Unbounded
@@ -92,7 +93,7 @@ def bound_node(node: Node, ctx: RuleContext) -> OpBound:
         raise NoGlobalConstant(f"op {node.op_type} is not known to lipcheck")
     try:
         return rule(node, ctx)
-    except NoGlobalConstant:
+    except (NoGlobalConstant, LipcheckError):  # a model the rule refuses (e.g. InvalidModelError): one line
         raise
     except Exception as exc:
         raise RuleFailure(f"while bounding node {node.name} ({node.op_type}): {type(exc).__name__}: {exc}") from exc
@@ -196,7 +197,12 @@ def walk(
             continue
         res.bounds[node.name] = (bound, tuple(live))
         est_gains = bound.estimate_gains or bound.gains
-        up = _combine([mul_up(bound.gains[i], res.upper[node.inputs[i]]) for i in live], bound.combine)
+        factors = [(bound.gains[i], res.upper[node.inputs[i]]) for i in live]
+        up = _combine([mul_up(g, u) for g, u in factors], bound.combine)
+        if math.isinf(up) and all(math.isfinite(g) and math.isfinite(u) for g, u in factors):
+            # finite factors whose composition is past float64's range: no certificate, and this node is why
+            reason = "the composed bound overflows float64 here (above 1.8e308)"
+            res.unbounded.append(Unbounded(node.name, node.op_type, reason))
         est = _combine([est_gains.get(i, bound.gains[i]) * res.estimate[node.inputs[i]] for i in live], bound.combine)
         for o in node.outputs:
             if o:

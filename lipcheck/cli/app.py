@@ -265,6 +265,20 @@ CacheOpt = Annotated[
     str | None,
     typer.Option("--cache", metavar="DIR", envvar="LIPCHECK_CACHE", show_default=False, help=_CACHE_HELP),
 ]
+_THREADS_HELP = ("Threads for BLAS, torch and onnxruntime (default: the CPUs not already busy, from the load "
+                 "average; an OMP_NUM_THREADS you set is kept).")
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", metavar="N", min=1, envvar="LIPCHECK_THREADS", show_default=False,
+                 help=_THREADS_HELP),
+]
+
+
+def _limit_threads(requested: int | None) -> None:
+    """Size the thread pools (:mod:`lipcheck.threads`) before a command imports numpy, torch or onnxruntime."""
+    from lipcheck.threads import choose_threads, limit_threads
+
+    limit_threads(choose_threads(requested))
 
 
 # ---------------------------------------------------------------------------- gate options (check, analyze)
@@ -406,6 +420,7 @@ def analyze(
     progress: ProgressOpt = None,
     jobs: JobsOpt = "1",
     cache: CacheOpt = None,
+    threads: ThreadsOpt = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     key: KeyOpt = None,
@@ -421,6 +436,7 @@ def analyze(
 
     With --max-lipschitz / --max-layer-sigma it is also a gate (exit 1 when the model fails; see lipcheck check).
     """
+    _limit_threads(threads)
     from lipcheck.gate.decision import Thresholds
 
     thresholds = Thresholds(max_lipschitz=max_lipschitz, max_layer_sigma=max_layer_sigma,
@@ -527,6 +543,7 @@ def normalize(
     exact_limit: ExactLimitOpt = 2_000_000,
     no_exact: NoExactOpt = False,
     progress: ProgressOpt = None,
+    threads: ThreadsOpt = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     key: KeyOpt = None,
@@ -538,6 +555,7 @@ def normalize(
     The copy is analysed again before it is put in place; if its certified numbers miss the target nothing
     is written and the exit code is 1.
     """
+    _limit_threads(threads)
 
     def work() -> str:
         _require_paths({"--out": out})
@@ -738,6 +756,11 @@ def check(
         typer.Option("--cache", metavar="DIR", envvar="LIPCHECK_CACHE", show_default=False, help=_CACHE_HELP,
                      rich_help_panel=_ANALYSIS_PANEL),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", metavar="N", min=1, envvar="LIPCHECK_THREADS", show_default=False,
+                     help=_THREADS_HELP, rich_help_panel=_ANALYSIS_PANEL),
+    ] = None,
     arch: Annotated[
         str | None,
         typer.Option("--arch", metavar="MODULE:FACTORY", show_default=False, rich_help_panel=_TORCH_PANEL,
@@ -773,6 +796,7 @@ def check(
     The summary goes to stderr; the report (--format) to stdout, or to --output.
     The empirical lower bound is off unless --lower-bound.
     """
+    _limit_threads(threads)
     from lipcheck.gate.config import ModelOptions
 
     def prepare() -> tuple[list[Target], dict[str, Snapshot | None]]:
@@ -912,6 +936,7 @@ def diff(
     exact_limit: ExactLimitOpt = 2_000_000,
     no_exact: NoExactOpt = False,
     progress: ProgressOpt = None,
+    threads: ThreadsOpt = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     key: KeyOpt = None,
@@ -923,6 +948,7 @@ def diff(
     Growth is computed from the printed values (4 significant digits).
     Exit 0; 1 with --max-increase when B's bound grew more; 2 when a side cannot be read.
     """
+    _limit_threads(threads)
 
     def work() -> tuple[Any, str]:
         shapes = parse_input_shapes(input_shape or [])

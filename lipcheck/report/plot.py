@@ -158,9 +158,10 @@ def build_figure(
               if v is not None and math.isfinite(v) and v > 0]
     if levels:
         ax_bound.set_yscale("log")
-        low, high = min(levels), max(levels)
+        # clamped, so that the margins below stay finite for bounds near float64's limits (1e-200 weights, 1e300)
+        low, high = max(min(levels), 1e-300), min(max(levels), 1e300)
         if high / low < 10:  # show at least a decade, centred, so that the log axis has readable ticks
-            centre = math.sqrt(low * high)
+            centre = math.exp((math.log(low) + math.log(high)) / 2)
             low, high = centre / math.sqrt(10), centre * math.sqrt(10)
         ax_bound.set_ylim(low / 1.25, high * 1.25)
         ax_bound.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))

@@ -117,3 +117,23 @@ def test_power_of_two_normalization_is_exact_or_rounded_up() -> None:
                        upper_method="svd")
     scaled = ldexp_norms(norms, -1074)
     assert scaled.sigma_upper > 0 and scaled.sigma_upper >= 0.75 * 2.0**-1074
+
+
+def test_a_chain_whose_bound_overflows_float64_is_uncertified_and_names_the_node(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The other end: finite factors of 1e200 whose product passes 1.8e308. No certificate, the node named, the
+    estimates finite per layer (no NaN from the power iteration), and the plot still drawn."""
+    rng = np.random.default_rng(5)
+    inits = {f"W{i}": rng.standard_normal((4, 4)) * 1e200 for i in range(3)}
+    nodes = [helper.make_node("Gemm", ["X" if i == 0 else f"h{i}", f"W{i}"], [f"h{i + 1}" if i < 2 else "Y"], transB=1,
+                              name=f"fc{i}") for i in range(3)]
+    m = _model(nodes, inits, [1, 4])
+    report = lipcheck.analyze(m, lower_bound=False)
+    assert not report.certified
+    assert [(u.node, "overflows" in u.reason) for u in report.unbounded] == [("fc1", True)]
+    for layer in report.layers:
+        assert math.isfinite(layer.sigma_power) and layer.sigma_power <= layer.sigma_exact * (1 + 1e-9)
+    pytest.importorskip("matplotlib")
+    from lipcheck.report.plot import save_plot
+
+    save_plot(report, tmp_path / "overflow.png")
+    assert (tmp_path / "overflow.png").stat().st_size > 0
