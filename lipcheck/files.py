@@ -178,14 +178,29 @@ def remove_stale_staging(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` all or nothing, creating missing parent folders. Raises
-    :class:`~lipcheck.errors.LipcheckError` naming the path when the file cannot be written (a device, FIFO or
-    folder at ``path`` included: never replaced)."""
+    """Write ``text`` (UTF-8) to ``path`` all or nothing, creating missing parent folders. A character device or
+    FIFO at ``path`` (``--output /dev/stdout``, a pipe) is written into as a stream, never replaced. Raises
+    :class:`~lipcheck.errors.LipcheckError` naming the path when the file cannot be written (a folder or socket
+    at ``path`` included)."""
     from lipcheck.errors import LipcheckError
 
     target = Path(path)
     if os.fspath(path) == "":
         raise LipcheckError("cannot write an output to an empty path")
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        mode = 0
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        try:
+            # non-blocking open: a FIFO nobody reads is an error (ENXIO), not a hang
+            fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
+            os.set_blocking(fd, True)
+            with open(fd, "w", encoding="utf-8", newline="") as stream:
+                stream.write(text)
+        except OSError as exc:
+            raise LipcheckError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
+        return
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_outputs([target]) as (tmp,):

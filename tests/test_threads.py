@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_load_is_scaled_to_the_cpus_we_may_use(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_flag_then_lipcheck_threads_then_omp_num_threads() -> None:
-    high = {"cpus": 2, "load": 8.0}
+    high: dict[str, Any] = {"cpus": 2, "load": 8.0}
     assert choose_threads(3, environ={"LIPCHECK_THREADS": "2", "OMP_NUM_THREADS": "4"}, **high) == 3
     assert choose_threads(environ={"LIPCHECK_THREADS": "2", "OMP_NUM_THREADS": "4"}, **high) == 2
     assert choose_threads(environ={"OMP_NUM_THREADS": "4"}, **high) == 4

@@ -618,6 +618,11 @@ class LayerCache:
         zero or non-finite gain, for one, is recomputed every time rather than stored)."""
         if self.secret is None:
             return
+        n = bound.norms
+        if n is not None and any("--force" in (text or "") for text in (n.exact_skipped, n.upper_method)):
+            # a stage skipped under the resource limits: a later run (--force, another machine) computes it
+            log.debug("layer cache: not storing %s: a stage was skipped under the resource limits", node.name)
+            return
         try:
             entry = {"format": CACHE_FORMAT, "key": key, "op": node.op_type, "bound": bound_to_json(node, bound)}
             entry["hmac"] = entry_mac(self.secret, entry)

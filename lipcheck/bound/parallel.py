@@ -54,6 +54,7 @@ class LayerTask:
     node: Node
     graph: Graph  # a one-node graph: the node's constants and the shapes of its inputs and outputs
     settings: Settings
+    limits: Any = None  # the parent's ResourceLimits (lipcheck.bound.budget), applied in the worker too
 
 
 def resolve_jobs(jobs: int | str | None) -> int:
@@ -92,7 +93,9 @@ def layer_task(index: int, node: Node, graph: Graph, settings: Settings) -> Laye
         opset=graph.opset,
         source=graph.source,
     )
-    return LayerTask(index=index, node=node, graph=sub, settings=settings)
+    from lipcheck.bound import budget
+
+    return LayerTask(index=index, node=node, graph=sub, settings=settings, limits=budget.current()[0])
 
 
 def _init_worker() -> None:
@@ -107,9 +110,12 @@ def _run(task: LayerTask) -> tuple[int, str, Any]:
     from lipcheck.bound.walker import RuleFailure, bound_node
     from lipcheck.rules.registry import RuleContext
 
+    from lipcheck.bound import budget
+
     ctx = RuleContext(graph=task.graph, settings=task.settings, producers={})
     try:
-        return task.index, "ok", bound_node(task.node, ctx)
+        with budget.session(task.limits):
+            return task.index, "ok", bound_node(task.node, ctx)
     except NoGlobalConstant as exc:
         return task.index, "unbounded", str(exc)
     except RuleFailure as exc:

@@ -62,9 +62,11 @@ def validate_model(model: onnx.ModelProto, path: Path | None, label: str) -> Non
             else:
                 onnx.checker.check_model(model, full_check=True)
         except onnx.checker.ValidationError as exc:
-            # The checker wants a shape on every graph input / output; exporters leave unknown-rank outputs without
-            # one and onnxruntime runs them. Such a model gets the checker's strict shape inference only.
-            if "Field 'shape' of 'type' is required" not in str(exc):
+            # The checker wants a type and a shape on every graph input / output; exporters leave unknown-rank
+            # outputs without them and onnxruntime runs such models. They get the structural checks above, the
+            # tensor checks (onnx_tensors) and the checker's strict shape inference.
+            if not any(f"Field '{f}' of '{o}' is required" in str(exc) for f, o in (("shape", "type"),
+                                                                                   ("type", "value_info"))):
                 raise
             onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:

@@ -104,7 +104,8 @@ def summary_lines(run: CheckRun, command: str = "check") -> list[str]:
                     lines.extend(f"       - {r.message}" for r in check.reasons if r.message != check.message)
         if model.baseline_written:
             lines.append(f"  baseline written: {model.target.baseline}")
-    lines.append(f"lipcheck {command}: {_verdict_word(run)}")
+    if not (len(run.models) == 1 and run.errors):  # one model that could not run: its error line says it all
+        lines.append(f"lipcheck {command}: {_verdict_word(run)}")
     return [safe_text(line) for line in lines]
 
 

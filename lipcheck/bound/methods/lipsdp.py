@@ -1,0 +1,284 @@
+"""LipSDP-Neuron for MLP chains without an SDP solver: multipliers by a first-order method, value by a certificate.
+
+For the LMI P(ρ, T) ⪰ 0 of :mod:`lipcheck.bound.methods.lmi`, fix ρ = 1 and eliminate the blocks one after the other
+(block LDLᵀ of a block-tridiagonal matrix, as in ECLipsE, Xu & Sivaranjani, NeurIPS 2024). With K̂_1 = W_1W_1ᵀ,
+
+    K_i = (I + a_i K̂_i T_i)⁻¹ K̂_i            (= W_i Z_{i−1}⁻¹ W_iᵀ, Z_{i−1} = Y_{i−1} + a_i W_iᵀT_iW_i, Y_0 = I)
+    Y_i = T_i − m_i² T_i K_i T_i              (the Schur complement left in block i)
+    K̂_{i+1} = W_{i+1} Y_i⁻¹ W_{i+1}ᵀ,
+
+every leading part of P(1, T) without the −W_kᵀW_k term is ≻ 0 iff every Y_i ≻ 0, and then P(c, cT) ⪰ 0 for
+c = λ_max(K̂_k): L ≤ √c. With T_i = s·D (D diagonal ≻ 0, A = D^{1/2}K̂_iD^{1/2}), Y_i = T^{1/2}(I − w_i²sA)(I + a_i sA)⁻¹
+T^{1/2} with w_i = (β_i − α_i)/2, so Y_i ≻ 0 exactly when s < 1/(w_i²·λ_max(A)). We therefore parametrize
+T_i = γ_i/(w_i²λ_max(A))·diag(exp θ_i) with γ_i ∈ (0.01, 0.99): every parameter value is feasible, γ_i = 1/2 and θ = 0
+is ECLipsE-Fast's closed-form step (for α = 0), and log c is minimized over (θ, γ) by L-BFGS (torch autograd, float64).
+
+Whatever the optimizer returns, the reported value is certified by :func:`lmi.certify_psd` on the full matrix at
+ρ' = c(1+δ), T' = c(1+δ/2)T (strictly inside the cone: P(ρ', T') ⪰ (δ/2)·c·P̃(1, T) ≻ 0 in exact arithmetic), raising δ
+until the floating-point Cholesky test passes, and reported as 2^E·√ρ' rounded up, where the weights were first scaled
+by exact powers of two (W_i = 2^{e_i}Ŵ_i, E = Σe_i: the chain with Ŵ_i and the same slope intervals has constant ≤ √ρ',
+and the slope argument is unchanged by the scaling).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lipcheck.bound.methods.base import MethodResult
+from lipcheck.bound.methods.lmi import certify_psd
+from lipcheck.bound.methods.slopes import is_valid_interval
+from lipcheck.norms.margin import EPS64, as_float64, rounding_margin
+
+METHOD = "lipsdp"
+MARGINS = (1e-9, 1e-7, 1e-5, 1e-3, 1e-2, 1e-1, 1.0)
+DEFAULT_ITERATIONS = 300
+SMALL_WIDTH = 256  # hidden widths up to this: the optimizer runs torch on one thread
+
+
+@dataclass(frozen=True)
+class Chain:
+    """An MLP chain: W_1 … W_k (W_i of shape (d_i, d_{i−1})), and after each of W_1 … W_{k−1} an element-wise
+    activation whose slopes lie in slopes[i] = (α, β)."""
+
+    weights: tuple[np.ndarray, ...]
+    slopes: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        if not self.weights:
+            raise ValueError("a chain needs at least one weight matrix")
+        if len(self.slopes) != len(self.weights) - 1:
+            raise ValueError(f"{len(self.weights)} weights need {len(self.weights) - 1} activations, got {len(self.slopes)}")
+        for i, w in enumerate(self.weights):
+            if w.ndim != 2:
+                raise ValueError(f"weight {i + 1} is not a matrix (shape {w.shape})")
+            if i and w.shape[1] != self.weights[i - 1].shape[0]:
+                raise ValueError(f"weight {i + 1} of shape {w.shape} does not follow {self.weights[i - 1].shape}")
+        for a, b in self.slopes:
+            if not is_valid_interval(a, b):
+                raise ValueError(f"invalid slope interval [{a}, {b}]")
+
+
+def product_bound(chain: Chain) -> float:
+    """Certified product (AutoLip) bound of the chain: Π σ_max(W_i)·Π max(|α_i|, |β_i|), by dense SVD with margin."""
+    logs = 0.0
+    for w in chain.weights:
+        sigma = _sigma_upper(as_float64(w))
+        if sigma == 0.0:
+            return 0.0
+        logs += math.log(sigma)
+    for a, b in chain.slopes:
+        s = max(abs(a), abs(b))
+        if s == 0.0:
+            return 0.0
+        logs += math.log(s)
+    value = math.exp(logs) * rounding_margin(4 * len(chain.weights) + 4)
+    return value if math.isfinite(value) else math.inf
+
+
+def _sigma_upper(w: np.ndarray) -> float:
+    if w.size == 0:
+        return 0.0
+    k = _scale_exponent(w)
+    s = float(np.linalg.norm(np.ldexp(w, -k), 2)) * rounding_margin(max(w.shape))
+    return math.ldexp(s, k)
+
+
+def _scale_exponent(w: np.ndarray) -> int:
+    """e such that 2^−e·w has Frobenius norm in [1/2, 1) (0 for a zero matrix)."""
+    hi = float(np.max(np.abs(w))) if w.size else 0.0
+    if hi == 0.0:
+        return 0
+    e0 = math.frexp(hi)[1]
+    fro = float(np.linalg.norm(np.ldexp(w, -e0)))
+    return e0 + math.frexp(fro)[1]
+
+
+def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: float = 60.0) -> MethodResult:
+    """Certified upper bound on the L2 Lipschitz constant of ``chain`` by LipSDP-Neuron multipliers (module docstring).
+
+    Returns value None / certified False only if no certificate could be established (the caller then uses the
+    product bound)."""
+    start = time.perf_counter()
+    detail: dict[str, object] = {"layers": len(chain.weights)}
+    weights = [as_float64(w) for w in chain.weights]
+    if any(w.size == 0 or not np.any(w) for w in weights):
+        # a zero (or empty) layer: the chain is constant
+        return MethodResult(METHOD, 0.0, time.perf_counter() - start, True, {**detail, "reason": "a zero layer"})
+    exps = [_scale_exponent(w) for w in weights]
+    normalized = [np.ldexp(w, -e) for w, e in zip(weights, exps)]
+    if not all(np.array_equal(np.ldexp(n, e), w) for n, e, w in zip(normalized, exps, weights)):
+        # the power-of-two scaling was not exact (entries spanning more than float64's range): no certificate
+        return MethodResult(METHOD, None, time.perf_counter() - start, False, {**detail, "reason": "weight range"})
+    slopes = list(chain.slopes)
+    fast_c, fast_ts = _sequence_numpy(normalized, slopes, None)
+    detail["eclipse_fast"] = _scaled_sqrt(fast_c, sum(exps))
+    c, ts, info = _optimize(normalized, slopes, iterations=iterations, time_limit=time_limit)
+    detail.update(info)
+    candidates = [(c, ts, "optimized"), (fast_c, fast_ts, "eclipse-fast")]
+    candidates.sort(key=lambda x: x[0] if math.isfinite(x[0]) else math.inf)
+    for value, mults, origin in candidates:
+        if not (math.isfinite(value) and value > 0):
+            continue
+        for margin in MARGINS:
+            rho = value * (1.0 + margin)
+            t_cert = [t * (value * (1.0 + 0.5 * margin)) for t in mults]
+            if certify_psd(normalized, slopes, rho, t_cert):
+                detail.update({"margin": margin, "multipliers": origin, "rho_normalized": rho, "exponent": sum(exps)})
+                bound = _scaled_sqrt(rho, sum(exps))
+                return MethodResult(METHOD, bound, time.perf_counter() - start, True, detail)
+    return MethodResult(METHOD, None, time.perf_counter() - start, False, {**detail, "reason": "no certificate"})
+
+
+def _scaled_sqrt(rho: float, exponent: int) -> float:
+    """An upper bound on 2^exponent·√ρ (√ is correctly rounded: one step up covers it; ldexp is exact unless the
+    result is subnormal, where a second step up covers it; overflow gives inf)."""
+    if not math.isfinite(rho):
+        return math.inf
+    root = math.nextafter(math.sqrt(rho), math.inf)
+    try:
+        out = math.ldexp(root, exponent)
+    except OverflowError:
+        return math.inf
+    return math.nextafter(out, math.inf) if out < 2.0**-1020 else out
+
+
+def _sequence_numpy(
+    weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], params: Sequence[tuple[np.ndarray, float]] | None
+) -> tuple[float, list[np.ndarray]]:
+    """(c, [T_i]) of the elimination for parameters (θ_i, γ_i) (None: θ = 0, γ = 1/2, ECLipsE-Fast); c = inf if a
+    Y_i is not numerically positive definite."""
+    k_hat = weights[0] @ weights[0].T
+    ts: list[np.ndarray] = []
+    for i, (alpha, beta) in enumerate(slopes):
+        theta, gamma = params[i] if params is not None else (np.zeros(k_hat.shape[0]), 0.5)
+        d = np.exp(theta)
+        r = np.sqrt(d)
+        mu = float(np.linalg.eigvalsh(r[:, None] * k_hat * r[None, :])[-1])
+        w2 = (0.5 * (beta - alpha)) ** 2
+        if mu <= 0.0:
+            return math.inf, ts
+        t = (gamma / (mu * (w2 if w2 > 0 else 1.0))) * d
+        a, m = alpha * beta, 0.5 * (alpha + beta)
+        kz = k_hat if a == 0.0 else np.linalg.solve(np.eye(len(t)) + a * k_hat * t[None, :], k_hat)
+        kz = 0.5 * (kz + kz.T)
+        y = np.diag(t) - m * m * (t[:, None] * kz * t[None, :])
+        try:
+            low = np.linalg.cholesky(y)
+        except np.linalg.LinAlgError:
+            return math.inf, ts
+        x = _solve_lower(low, weights[i + 1].T)
+        k_hat = x.T @ x
+        ts.append(t)
+    return float(np.linalg.eigvalsh(k_hat)[-1]), ts
+
+
+def _solve_lower(low: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.linalg import solve_triangular
+
+    return np.asarray(solve_triangular(low, b, lower=True))
+
+
+def _optimize(
+    weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], *, iterations: int, time_limit: float
+) -> tuple[float, list[np.ndarray], dict[str, object]]:
+    """Minimize log c over (θ, γ) with L-BFGS from ECLipsE-Fast's point; returns (c, [T_i], info) at the best point
+    seen (all evaluated in float64 by torch; the certificate re-checks everything)."""
+    import torch
+
+    if not slopes:
+        c, ts = _sequence_numpy(weights, slopes, None)
+        return c, ts, {"iterations": 0}
+    start = time.perf_counter()
+    ws = [torch.from_numpy(np.ascontiguousarray(w)) for w in weights]
+    h1 = ws[0] @ ws[0].T
+    thetas = [torch.zeros(w.shape[0], dtype=torch.float64, requires_grad=True) for w in ws[:-1]]
+    etas = [torch.zeros((), dtype=torch.float64, requires_grad=True) for _ in ws[:-1]]
+    best: dict[str, object] = {"c": math.inf, "ts": None}
+    evaluations = 0
+
+    def evaluate() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        k_hat = h1
+        ts: list[torch.Tensor] = []
+        for i, (alpha, beta) in enumerate(slopes):
+            d = torch.exp(thetas[i])
+            r = torch.sqrt(d)
+            mu = torch.linalg.eigvalsh(r[:, None] * k_hat * r[None, :])[-1]
+            w2 = (0.5 * (beta - alpha)) ** 2
+            gamma = 0.01 + 0.98 * torch.sigmoid(etas[i])
+            t = gamma / (mu * (w2 if w2 > 0 else 1.0)) * d
+            a, m = alpha * beta, 0.5 * (alpha + beta)
+            if a != 0.0:
+                eye = torch.eye(len(t), dtype=torch.float64)
+                kz = torch.linalg.solve(eye + a * k_hat * t[None, :], k_hat)
+                kz = 0.5 * (kz + kz.T)
+            else:
+                kz = k_hat
+            y = torch.diag(t) - m * m * (t[:, None] * kz * t[None, :])
+            low, info = torch.linalg.cholesky_ex(y)
+            if int(info) != 0:
+                return torch.tensor(math.inf, dtype=torch.float64), ts
+            x = torch.linalg.solve_triangular(low, ws[i + 1].T, upper=False)
+            k_hat = x.T @ x
+            ts.append(t)
+        return torch.log(torch.linalg.eigvalsh(k_hat)[-1]), ts
+
+    params = thetas + etas
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def closure() -> torch.Tensor:
+        nonlocal evaluations
+        opt.zero_grad()
+        evaluations += 1
+        if time.perf_counter() - start > time_limit:
+            # out of time: a flat objective stops L-BFGS
+            value = torch.zeros((), dtype=torch.float64, requires_grad=True)
+            return value * 0.0
+        loss, ts = evaluate()
+        if not torch.isfinite(loss):
+            return torch.tensor(1e300, dtype=torch.float64, requires_grad=True) * 1.0
+        c = math.exp(float(loss.detach()))
+        if c < best["c"]:  # type: ignore[operator]
+            best["c"] = c
+            best["ts"] = [t.detach().numpy().copy() for t in ts]
+        loss.backward()
+        return loss
+
+    threads = torch.get_num_threads()
+    if max(w.shape[0] for w in weights) <= SMALL_WIDTH:
+        # small matrices: the intra-op pool only spins (measured 10x slower with 2 threads on a loaded machine)
+        torch.set_num_threads(1)
+    try:
+        opt.step(closure)
+    finally:
+        torch.set_num_threads(threads)
+    info = {"evaluations": evaluations, "optimize_seconds": time.perf_counter() - start}
+    if best["ts"] is None:
+        return math.inf, [], info
+    # re-evaluate the best multipliers' c with the numpy elimination (what gets certified is c·T)
+    ts_best: list[np.ndarray] = best["ts"]  # type: ignore[assignment]
+    c_check = _c_of(weights, slopes, ts_best)
+    return c_check, ts_best, info
+
+
+def _c_of(weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], ts: Sequence[np.ndarray]) -> float:
+    """c = λ_max(K̂_k) of the elimination for given multipliers T_i (inf if some Y_i is not positive definite)."""
+    k_hat = weights[0] @ weights[0].T
+    for i, (alpha, beta) in enumerate(slopes):
+        t = ts[i]
+        a, m = alpha * beta, 0.5 * (alpha + beta)
+        kz = k_hat if a == 0.0 else np.linalg.solve(np.eye(len(t)) + a * k_hat * t[None, :], k_hat)
+        kz = 0.5 * (kz + kz.T)
+        y = np.diag(t) - m * m * (t[:, None] * kz * t[None, :])
+        try:
+            low = np.linalg.cholesky(y)
+        except np.linalg.LinAlgError:
+            return math.inf
+        x = _solve_lower(low, weights[i + 1].T)
+        k_hat = x.T @ x
+    return float(np.linalg.eigvalsh(k_hat)[-1]) * (1.0 + 8.0 * EPS64)
