@@ -30,7 +30,7 @@ MAX_BASELINE_BYTES = 64 << 20  # a baseline / JSON report: real ones are kilobyt
 MAX_CONFIG_BYTES = 1 << 20  # pyproject.toml, lipcheck.toml
 MAX_DIM = 2**31 - 1  # one tensor dimension (what a C int, and every runtime's index type, holds)
 MAX_INPUT_ELEMENTS = 2**40  # elements of one model input (4 TiB of float32): a hard limit, past any machine;
-# lipcheck.bound.budget's lower, resource-based limit is the one --force lifts
+# lipcheck.budget's lower, resource-based limit is the one --force lifts
 
 
 class FileLimitError(LipcheckError):

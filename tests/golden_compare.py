@@ -62,7 +62,9 @@ def compare_json(actual: Any, expected: Any, where: str = "$", key: str = "") ->
     if isinstance(actual, bool) or isinstance(expected, bool):
         assert actual == expected, f"{where}: {actual!r} != {expected!r}"
     elif isinstance(actual, float) or isinstance(expected, float):
-        assert isinstance(actual, (int, float)) and isinstance(expected, (int, float)), f"{where}: {actual!r} != {expected!r}"
+        assert isinstance(actual, (int, float)) and isinstance(expected, (int, float)), (
+            f"{where}: {actual!r} != {expected!r}"
+        )
         _check_number(key, float(actual), float(expected), where)
     elif isinstance(actual, dict):
         assert isinstance(expected, dict) and actual.keys() == expected.keys(), (

@@ -35,11 +35,11 @@ SILERO = Wheel(
     {
         # a speech model whose control flow selects a sample-rate branch (If reading the input from outer scope)
         "silero_vad/data/silero_vad.onnx": "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
-        "silero_vad/data/silero_vad_op18_ifless.onnx":
-            "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28",
+        "silero_vad/data/silero_vad_op18_ifless.onnx": (
+            "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28"
+        ),
         "silero_vad/data/silero_vad_half.onnx": "1e0b195ad4806595ef4466f419d16fca7e4afcfc6669b8c0b5f76ea87547c769",
-        "silero_vad/data/silero_vad_16k_op15.onnx":
-            "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
+        "silero_vad/data/silero_vad_16k_op15.onnx": "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
     },
 )
 WHEELS = (SILERO,)
@@ -63,8 +63,19 @@ def fetch(wheel: Wheel) -> None:
     if all((target / name).is_file() and _sha256(target / name) == digest for name, digest in wheel.files.items()):
         return
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", tmp,
-               wheel.requirement]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "-q",
+            "-d",
+            tmp,
+            wheel.requirement,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         archive = Path(tmp) / wheel.filename
         if done.returncode != 0 or not archive.is_file():

@@ -7,9 +7,9 @@ import os
 from typing import Any
 
 import lipcheck
-from lipcheck.bound import budget
-from lipcheck.bound.budget import ResourceLimits
+from lipcheck import budget
 from lipcheck.bound.walker import walk
+from lipcheck.budget import ResourceLimits
 from lipcheck.errors import UnsupportedModelError
 from lipcheck.ir.canonicalize import fold_batchnorm
 from lipcheck.ir.graph import Graph
@@ -53,12 +53,12 @@ def analyze(
     missing) keeping those layers' results by a hash of their weights, shapes, attributes and settings, so
     that a re-run on unchanged layers computes no norm; the report's notes say how many came from it.
 
-    Resource limits (:mod:`lipcheck.bound.budget`): a float input above 2^31 elements is refused
-    (:class:`~lipcheck.bound.budget.ResourceLimitError`); a layer's stage (σ exact, the circular bound, power
+    Resource limits (:mod:`lipcheck.budget`): a float input above 2^31 elements is refused
+    (:class:`~lipcheck.budget.ResourceLimitError`); a layer's stage (σ exact, the circular bound, power
     iteration, the operator itself) whose estimated memory exceeds what is available, or whose estimated time exceeds
     the stage limit, is skipped with the reason in the notes (the certified σ then comes from a cheaper certified
     bound); the lower bound is skipped when one step cannot fit. ``force=True`` lifts every limit; ``limits`` sets
-    them (default :class:`~lipcheck.bound.budget.ResourceLimits`).
+    them (default :class:`~lipcheck.budget.ResourceLimits`).
     """
     from lipcheck.bound.parallel import resolve_jobs
 

@@ -337,11 +337,11 @@ def _forward_flops(graph: Graph) -> float:
 
 def _too_costly(graph: Graph, n: int, time_budget: float) -> str | None:
     """Why the search cannot start within the limits, or None. Memory (unless --force): the activations of a
-    Jacobian step in float64 (double backward: :data:`~lipcheck.bound.budget.LOWER_BOUND_ACTIVATION_COPIES`
+    Jacobian step in float64 (double backward: :data:`~lipcheck.budget.LOWER_BOUND_ACTIVATION_COPIES`
     copies), the vectors of the input's size it holds and the float64 weights. Time (always, it is the user's
     budget): the set-up before the first deadline check (the first point's draws, the reference check: two
     forward passes, estimated from flops and tensor sizes) must fit in ``time_budget``."""
-    from lipcheck.bound import budget
+    from lipcheck import budget
 
     elements, seconds = budget.forward_cost(graph.shapes, _forward_flops(graph))
     weights = sum(float(np.size(c)) for c in graph.constants.values())

@@ -54,7 +54,7 @@ class LayerTask:
     node: Node
     graph: Graph  # a one-node graph: the node's constants and the shapes of its inputs and outputs
     settings: Settings
-    limits: Any = None  # the parent's ResourceLimits (lipcheck.bound.budget), applied in the worker too
+    limits: Any = None  # the parent's ResourceLimits (lipcheck.budget), applied in the worker too
 
 
 def resolve_jobs(jobs: int | str | None) -> int:
@@ -93,7 +93,7 @@ def layer_task(index: int, node: Node, graph: Graph, settings: Settings) -> Laye
         opset=graph.opset,
         source=graph.source,
     )
-    from lipcheck.bound import budget
+    from lipcheck import budget
 
     return LayerTask(index=index, node=node, graph=sub, settings=settings, limits=budget.current()[0])
 
@@ -107,10 +107,9 @@ def _init_worker() -> None:
 
 def _run(task: LayerTask) -> tuple[int, str, Any]:
     """In a worker: the node's rule, its errors returned as data (kind, message)."""
+    from lipcheck import budget
     from lipcheck.bound.walker import RuleFailure, bound_node
     from lipcheck.rules.registry import RuleContext
-
-    from lipcheck.bound import budget
 
     ctx = RuleContext(graph=task.graph, settings=task.settings, producers={})
     try:

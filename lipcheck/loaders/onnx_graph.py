@@ -65,8 +65,9 @@ def validate_model(model: onnx.ModelProto, path: Path | None, label: str) -> Non
             # The checker wants a type and a shape on every graph input / output; exporters leave unknown-rank
             # outputs without them and onnxruntime runs such models. They get the structural checks above, the
             # tensor checks (onnx_tensors) and the checker's strict shape inference.
-            if not any(f"Field '{f}' of '{o}' is required" in str(exc) for f, o in (("shape", "type"),
-                                                                                   ("type", "value_info"))):
+            if not any(
+                f"Field '{f}' of '{o}' is required" in str(exc) for f, o in (("shape", "type"), ("type", "value_info"))
+            ):
                 raise
             onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -233,9 +234,7 @@ def _branch_nodes(
     return nodes, initializers
 
 
-def inline_constant_ifs(
-    model: onnx.ModelProto, constant_condition: Callable[[str], np.ndarray | None]
-) -> int:
+def inline_constant_ifs(model: onnx.ModelProto, constant_condition: Callable[[str], np.ndarray | None]) -> int:
     """Replace, in place, every top-level ``If`` whose condition ``constant_condition`` can evaluate (it returns
     ``None`` for a condition that depends on an input) by the branch that condition selects. Returns how many were
     replaced; nested Ifs become top-level ones, for the caller's next round. An If whose branch holds external

@@ -127,7 +127,7 @@ def conv_norms(
     sigma_power: estimate from below; sigma_exact: exact (or skipped when C_in·prod(input_spatial) >
     exact_limit); sigma_upper: certified; sigma_reshaped: :func:`reshaped_kernel_norm`.
 
-    ``skip`` (stage -> reason, from the resource limits of :mod:`lipcheck.bound.budget`): stages not to run.
+    ``skip`` (stage -> reason, from the resource limits of :mod:`lipcheck.budget`): stages not to run.
     "operator": the operator is never built (no tensor of the input's or output's size): σ upper is the smaller
     of the table-free reshaped and Frobenius bounds (:func:`_light_norms`), σ power a single probe ‖A e‖;
     "power": the probe instead of power iteration; "exact": σ exact None with the reason; "circular": no circular

@@ -68,7 +68,7 @@ def matmul_blocks(w: np.ndarray, x_shape: tuple[int, ...], w_on_right: bool) -> 
 
 
 def _matrix_layer(blocks: np.ndarray, ctx: RuleContext, node: Node) -> NormResult:
-    from lipcheck.bound.budget import matrix_costs, plan_layer
+    from lipcheck.budget import matrix_costs, plan_layer
     from lipcheck.norms.matrix import batched_matrix_norms, ldexp_norms, matrix_norms, normalizing_exponent
 
     options = ctx.norm_options()
@@ -89,8 +89,8 @@ def _conv_plan(node: Node, ctx: RuleContext, w: np.ndarray, geom, out_spatial: t
                exact_size: int) -> tuple[dict[str, float | int], dict[str, str]]:
     """The norm options and the stages to skip for a Conv (or the Conv a ConvTranspose is the adjoint of, whose
     input is ``geom.input_spatial`` and output ``out_spatial``), under the resource limits
-    (:mod:`lipcheck.bound.budget`): estimated from the shapes, before anything of the operator's size exists."""
-    from lipcheck.bound.budget import conv_costs, plan_layer
+    (:mod:`lipcheck.budget`): estimated from the shapes, before anything of the operator's size exists."""
+    from lipcheck.budget import conv_costs, plan_layer
 
     options = ctx.norm_options()
     costs = conv_costs(

@@ -1,4 +1,4 @@
-"""Resource limits (lipcheck.bound.budget): cost estimates from shapes, stages skipped with the reason, and what a
+"""Resource limits (lipcheck.budget): cost estimates from shapes, stages skipped with the reason, and what a
 skip leaves is still what it claims (certified upper bounds above the dense operator's σ, estimates below)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lipcheck.bound import budget
-from lipcheck.bound.budget import ResourceLimits, conv_costs, plan_layer
+from lipcheck import budget
+from lipcheck.budget import ResourceLimits, conv_costs, plan_layer
 from lipcheck.norms.conv import ConvGeometry, _ConvOperator, conv_norms, conv_transpose_norms
 
 

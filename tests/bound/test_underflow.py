@@ -22,7 +22,10 @@ D = TensorProto.DOUBLE
 
 def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], shape: list[int]) -> onnx.ModelProto:
     g = helper.make_graph(
-        nodes, "uf", [helper.make_tensor_value_info("X", D, shape)], [helper.make_tensor_value_info("Y", D, None)],
+        nodes,
+        "uf",
+        [helper.make_tensor_value_info("X", D, shape)],
+        [helper.make_tensor_value_info("Y", D, None)],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
@@ -57,7 +60,9 @@ def test_extreme_float64_conv_is_certified_above_its_dense_operator() -> None:
                 x = np.zeros((2, 4, 4))
                 x[c, i, j] = 1.0
                 xp = np.pad(x, ((0, 0), (1, 1), (1, 1)))
-                y = np.einsum("ocij,cpqij->opq", unit, np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(1, 2)))
+                y = np.einsum(
+                    "ocij,cpqij->opq", unit, np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(1, 2))
+                )
                 dense[:, c * 16 + i * 4 + j] = y.ravel()
     truth = float(np.linalg.svd(dense, compute_uv=False)[0]) * 1e-200
     assert report.certified
@@ -68,7 +73,10 @@ def test_extreme_float64_conv_is_certified_above_its_dense_operator() -> None:
 def test_a_chain_whose_constant_underflows_float64_stays_positive() -> None:
     rng = np.random.default_rng(3)
     w1, w2 = rng.standard_normal((8, 4)) * 1e-200, rng.standard_normal((3, 8)) * 1e-200
-    nodes = [helper.make_node("Gemm", ["X", "W1"], ["h"], transB=1), helper.make_node("Gemm", ["h", "W2"], ["Y"], transB=1)]
+    nodes = [
+        helper.make_node("Gemm", ["X", "W1"], ["h"], transB=1),
+        helper.make_node("Gemm", ["h", "W2"], ["Y"], transB=1),
+    ]
     report = lipcheck.analyze(_model(nodes, {"W1": w1, "W2": w2}, [1, 4]), lower_bound=False)
     # the true constant is ~1e-400: below every float64; the certificate is the smallest float above it, not 0
     assert report.certified and report.upper_bound > 0.0
@@ -76,9 +84,14 @@ def test_a_chain_whose_constant_underflows_float64_stays_positive() -> None:
 
 def test_several_outputs_combine_without_underflow() -> None:
     w = np.random.default_rng(4).standard_normal((4, 4)) * 1e-200
-    nodes = [helper.make_node("Gemm", ["X", "W"], ["a"], transB=1), helper.make_node("Gemm", ["X", "W"], ["b"], transB=1)]
+    nodes = [
+        helper.make_node("Gemm", ["X", "W"], ["a"], transB=1),
+        helper.make_node("Gemm", ["X", "W"], ["b"], transB=1),
+    ]
     g = helper.make_graph(
-        nodes, "two", [helper.make_tensor_value_info("X", D, [1, 4])],
+        nodes,
+        "two",
+        [helper.make_tensor_value_info("X", D, [1, 4])],
         [helper.make_tensor_value_info("a", D, None), helper.make_tensor_value_info("b", D, None)],
         [numpy_helper.from_array(w, "W")],
     )
@@ -113,8 +126,9 @@ def test_power_of_two_normalization_is_exact_or_rounded_up() -> None:
     k = normalizing_exponent(w)
     assert k < 0 and 0.5 <= np.max(np.abs(np.ldexp(w, -k))) < 1.0
     assert normalizing_exponent(np.ones((2, 2), np.float32) * np.float32(1e-38)) == 0  # float32 squares fit float64
-    norms = NormResult(sigma_power=0.7, power_iterations=3, sigma_exact=0.75, exact_method="svd", sigma_upper=0.75,
-                       upper_method="svd")
+    norms = NormResult(
+        sigma_power=0.7, power_iterations=3, sigma_exact=0.75, exact_method="svd", sigma_upper=0.75, upper_method="svd"
+    )
     scaled = ldexp_norms(norms, -1074)
     assert scaled.sigma_upper > 0 and scaled.sigma_upper >= 0.75 * 2.0**-1074
 
@@ -124,8 +138,12 @@ def test_a_chain_whose_bound_overflows_float64_is_uncertified_and_names_the_node
     estimates finite per layer (no NaN from the power iteration), and the plot still drawn."""
     rng = np.random.default_rng(5)
     inits = {f"W{i}": rng.standard_normal((4, 4)) * 1e200 for i in range(3)}
-    nodes = [helper.make_node("Gemm", ["X" if i == 0 else f"h{i}", f"W{i}"], [f"h{i + 1}" if i < 2 else "Y"], transB=1,
-                              name=f"fc{i}") for i in range(3)]
+    nodes = [
+        helper.make_node(
+            "Gemm", ["X" if i == 0 else f"h{i}", f"W{i}"], [f"h{i + 1}" if i < 2 else "Y"], transB=1, name=f"fc{i}"
+        )
+        for i in range(3)
+    ]
     m = _model(nodes, inits, [1, 4])
     report = lipcheck.analyze(m, lower_bound=False)
     assert not report.certified

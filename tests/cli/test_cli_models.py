@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 

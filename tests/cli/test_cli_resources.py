@@ -81,7 +81,7 @@ def test_input_above_the_element_limit_is_refused_in_one_line(tmp_path: Path) ->
 def test_stages_above_a_lowered_time_limit_are_skipped_with_the_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from lipcheck.bound import budget
+    from lipcheck import budget
 
     model = _conv_model(tmp_path / "conv.onnx", 16, 16, 1, [1, 16, 16, 16])
     args = ["analyze", str(model), "--no-progress", "--no-lower-bound", "-f", "json"]

@@ -38,8 +38,12 @@ def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], extra_inp
 
 def _if(cond: str, then_scale: float, else_scale: float, out: str = "Y", tag: str = "") -> onnx.NodeProto:
     return helper.make_node(
-        "If", [cond], [out], name=f"if{tag}",
-        then_branch=_scale_branch(then_scale, f"then{tag}"), else_branch=_scale_branch(else_scale, f"else{tag}"),
+        "If",
+        [cond],
+        [out],
+        name=f"if{tag}",
+        then_branch=_scale_branch(then_scale, f"then{tag}"),
+        else_branch=_scale_branch(else_scale, f"else{tag}"),
     )
 
 
@@ -66,7 +70,9 @@ def test_constant_condition_selects_the_branch(cond: bool, scale: float) -> None
     assert report.certified
     assert report.upper_bound == pytest.approx(scale, rel=1e-6)
     assert report.upper_bound >= _ort_ratio(m)
-    assert [layer.name for layer in report.layers] == [f"if/{'then' if cond else 'else'}/{'then' if cond else 'else'}_mul"]
+    assert [layer.name for layer in report.layers] == [
+        f"if/{'then' if cond else 'else'}/{'then' if cond else 'else'}_mul"
+    ]
 
 
 def test_condition_folded_from_constants_and_shapes() -> None:
@@ -77,7 +83,10 @@ def test_condition_folded_from_constants_and_shapes() -> None:
         helper.make_node("Equal", ["dim", "four"], ["cond"]),
         _if("cond", 5.0, 2.0),
     ]
-    inits = [numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(np.array(4, np.int64), "four")]
+    inits = [
+        numpy_helper.from_array(np.array(1, np.int64), "one"),
+        numpy_helper.from_array(np.array(4, np.int64), "four"),
+    ]
     m = _model(nodes, inits)
     report = lipcheck.analyze(m, lower_bound=False)
     assert report.upper_bound == pytest.approx(5.0, rel=1e-6)
@@ -92,8 +101,11 @@ def test_runtime_condition_is_unbounded_and_names_the_node() -> None:
 
 
 def test_condition_on_the_float_input_is_unbounded() -> None:
-    nodes = [helper.make_node("ReduceSum", ["X"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["cond"]),
-             _if("cond", 5.0, 2.0)]
+    nodes = [
+        helper.make_node("ReduceSum", ["X"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"]),
+        _if("cond", 5.0, 2.0),
+    ]
     m = _model(nodes, [numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
     report = lipcheck.analyze(m, lower_bound=False)
     assert not report.certified
@@ -109,13 +121,27 @@ def _nested(depth: int, innermost_cond: str, scales: list[float]) -> onnx.ModelP
         if inner is None:
             then = _scale_branch(scales[level], f"leaf{level}")
         else:
-            node = helper.make_node("If", [innermost_cond if level + 1 == depth - 1 else "true"], [f"t{level}"],
-                                    then_branch=inner, else_branch=_scale_branch(0.0, f"zero{level}"), name=f"if{level + 1}")
+            node = helper.make_node(
+                "If",
+                [innermost_cond if level + 1 == depth - 1 else "true"],
+                [f"t{level}"],
+                then_branch=inner,
+                else_branch=_scale_branch(0.0, f"zero{level}"),
+                name=f"if{level + 1}",
+            )
             mul = helper.make_node("Mul", [f"t{level}", f"c{level}"], [f"y{level}"], name=f"mul{level}")
-            then = helper.make_graph([node, mul], f"g{level}", [], [helper.make_tensor_value_info(f"y{level}", F, [1, 4])], [c])
+            then = helper.make_graph(
+                [node, mul], f"g{level}", [], [helper.make_tensor_value_info(f"y{level}", F, [1, 4])], [c]
+            )
         inner = then
-    top = helper.make_node("If", ["true" if depth > 1 else innermost_cond], ["Y"], name="if0", then_branch=inner,
-                           else_branch=_scale_branch(0.0, "zero_top"))
+    top = helper.make_node(
+        "If",
+        ["true" if depth > 1 else innermost_cond],
+        ["Y"],
+        name="if0",
+        then_branch=inner,
+        else_branch=_scale_branch(0.0, "zero_top"),
+    )
     inits = [numpy_helper.from_array(np.array(True), "true")]
     extra = [helper.make_tensor_value_info("flag", TensorProto.BOOL, [])] if innermost_cond == "flag" else []
     return _model([top], inits, extra)
@@ -145,18 +171,27 @@ def _body_reading_x(kind: str) -> onnx.ModelProto:
     c = numpy_helper.from_array(np.array([5.0], np.float32), "five")
     if kind == "Loop":
         body = helper.make_graph(
-            [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-             helper.make_node("Mul", ["X", "five"], ["acc_out"])],
+            [
+                helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+                helper.make_node("Mul", ["X", "five"], ["acc_out"]),
+            ],
             "body",
-            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-             helper.make_tensor_value_info("acc_in", F, [1, 4])],
-            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-             helper.make_tensor_value_info("acc_out", F, [1, 4])],
+            [
+                helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("acc_in", F, [1, 4]),
+            ],
+            [
+                helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("acc_out", F, [1, 4]),
+            ],
         )
         node = helper.make_node("Loop", ["trip", "", "zeros"], ["Y"], body=body, name="loop")
-        inits = [c, numpy_helper.from_array(np.array(2, np.int64), "trip"),
-                 numpy_helper.from_array(np.zeros((1, 4), np.float32), "zeros")]
+        inits = [
+            c,
+            numpy_helper.from_array(np.array(2, np.int64), "trip"),
+            numpy_helper.from_array(np.zeros((1, 4), np.float32), "zeros"),
+        ]
     else:
         body = helper.make_graph(
             [helper.make_node("Identity", ["s_in"], ["s_out"]), helper.make_node("Mul", ["X", "five"], ["scan_out"])],
@@ -165,10 +200,15 @@ def _body_reading_x(kind: str) -> onnx.ModelProto:
             [helper.make_tensor_value_info("s_out", F, [1]), helper.make_tensor_value_info("scan_out", F, [1, 4])],
         )
         node = helper.make_node("Scan", ["s0", "seq"], ["s_final", "Ys"], body=body, num_scan_inputs=1, name="scan")
-        inits = [c, numpy_helper.from_array(np.zeros(1, np.float32), "s0"),
-                 numpy_helper.from_array(np.zeros((1, 4), np.float32), "seq")]
-        return _model([node, helper.make_node("Reshape", ["Ys", "shape"], ["Y"])],
-                      [*inits, numpy_helper.from_array(np.array([1, 4], np.int64), "shape")])
+        inits = [
+            c,
+            numpy_helper.from_array(np.zeros(1, np.float32), "s0"),
+            numpy_helper.from_array(np.zeros((1, 4), np.float32), "seq"),
+        ]
+        return _model(
+            [node, helper.make_node("Reshape", ["Ys", "shape"], ["Y"])],
+            [*inits, numpy_helper.from_array(np.array([1, 4], np.int64), "shape")],
+        )
     return _model([node], inits)
 
 

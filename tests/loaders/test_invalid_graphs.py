@@ -20,7 +20,9 @@ F = TensorProto.FLOAT
 
 def _model(nodes, inits, x_shape=(1, 4), opset=17, outputs=("Y",)):  # type: ignore[no-untyped-def]
     g = helper.make_graph(
-        nodes, "bad", [helper.make_tensor_value_info("X", F, list(x_shape))],
+        nodes,
+        "bad",
+        [helper.make_tensor_value_info("X", F, list(x_shape))],
         [helper.make_tensor_value_info(o, F, None) for o in outputs],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
     )
@@ -33,7 +35,9 @@ EYE = {"W": np.eye(4, dtype=np.float32)}
 
 
 def _duplicate() -> onnx.ModelProto:
-    return _model([helper.make_node("MatMul", ["X", "W"], ["Y"], name="a"), helper.make_node("Relu", ["X"], ["Y"], name="b")], EYE)
+    return _model(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"], name="a"), helper.make_node("Relu", ["X"], ["Y"], name="b")], EYE
+    )
 
 
 def _undefined() -> onnx.ModelProto:
@@ -41,13 +45,18 @@ def _undefined() -> onnx.ModelProto:
 
 
 def _cycle() -> onnx.ModelProto:
-    nodes = [helper.make_node("Add", ["X", "B"], ["A"], name="add"), helper.make_node("Relu", ["A"], ["B"], name="relu"),
-             helper.make_node("MatMul", ["A", "W"], ["Y"], name="mm")]
+    nodes = [
+        helper.make_node("Add", ["X", "B"], ["A"], name="add"),
+        helper.make_node("Relu", ["A"], ["B"], name="relu"),
+        helper.make_node("MatMul", ["A", "W"], ["Y"], name="mm"),
+    ]
     return _model(nodes, EYE)
 
 
 def _empty_weight() -> onnx.ModelProto:
-    return _model([helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")], {"W": np.zeros((16, 0), np.float32)}, (1, 32))
+    return _model(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")], {"W": np.zeros((16, 0), np.float32)}, (1, 32)
+    )
 
 
 def _wrong_rows() -> onnx.ModelProto:
@@ -69,8 +78,9 @@ def _unknown_output() -> onnx.ModelProto:
 
 
 def _subgraph_reads_undefined() -> onnx.ModelProto:
-    branch = helper.make_graph([helper.make_node("Mul", ["ghost", "W"], ["t"])], "b", [],
-                               [helper.make_tensor_value_info("t", F, [1, 4])])
+    branch = helper.make_graph(
+        [helper.make_node("Mul", ["ghost", "W"], ["t"])], "b", [], [helper.make_tensor_value_info("t", F, [1, 4])]
+    )
     node = helper.make_node("If", ["c"], ["Y"], then_branch=branch, else_branch=branch, name="if")
     return _model([node], {**EYE, "c": np.array(True)})
 
@@ -121,8 +131,11 @@ def test_generated_duplicate_definitions_anywhere_in_a_chain(seed: int) -> None:
     nodes, prev = [], "X"
     for k in range(n):
         out = "Y" if k == n - 1 else f"t{k}"
-        nodes.append(helper.make_node("MatMul" if k % 2 == 0 else "Relu", [prev, "W"] if k % 2 == 0 else [prev], [out],
-                                      name=f"n{k}"))
+        nodes.append(
+            helper.make_node(
+                "MatMul" if k % 2 == 0 else "Relu", [prev, "W"] if k % 2 == 0 else [prev], [out], name=f"n{k}"
+            )
+        )
         prev = out
     victim = int(rng.integers(0, n - 1))
     clash = helper.make_node("Relu", ["X"], [f"t{victim}"], name="clash")
