@@ -782,6 +782,7 @@ def check(
                            help=_TRUST_HELP + " Also trusts an arch factory named in the configuration (code under "
                            "review). Never read from the configuration."),
     ] = False,
+    force: ForceOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """CI gate: exit 1 when a certified Lipschitz bound or layer σ is above its threshold, or grew.
@@ -828,6 +829,7 @@ def check(
             trust_pickle=True if trust_pickle else None,
             jobs=resolve_jobs(jobs) if jobs is not None else None,
             cache=cache,
+            force=True if force else None,
         )
         targets = resolve_targets(models or [], load_config(config), flags)
         check_targets(targets, updating_baseline=update_baseline, max_increase_flag=max_increase is not None)
@@ -988,5 +990,28 @@ def diff(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point (``lipcheck``, ``python -m lipcheck``)."""
-    app(args=list(argv) if argv is not None else None, prog_name="lipcheck")
+    """Console-script entry point (``lipcheck``, ``python -m lipcheck``). A usage error (unknown option, a value
+    out of range such as ``--seed -1``) is one line on stderr and exit 2, like every other bad input."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        code = app(args=args, prog_name="lipcheck", standalone_mode=False)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        # typer's (click's) UsageError / BadParameter / NoSuchOption; duck-typed: the class moved between versions
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        if type(exc).__name__ == "Abort":
+            sys.stderr.write("interrupted\n")
+            sys.exit(EXIT_INTERRUPTED)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `lipcheck` alone: the help is printed already
+            sys.exit(EXIT_ERROR)
+        command = next((a for a in args if not a.startswith("-")), "")
+        hint = f"lipcheck {command} -h" if command in _COMMANDS else "lipcheck -h"
+        sys.stderr.write(f"error: {_one_line(exc.format_message())} (see {hint})\n")
+        sys.exit(int(getattr(exc, "exit_code", EXIT_ERROR)) or EXIT_ERROR)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+_COMMANDS = ("analyze", "normalize", "check", "diff")

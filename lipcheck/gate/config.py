@@ -87,6 +87,7 @@ class ModelOptions:
     trust_pickle: bool | None = None
     jobs: int | None = None  # 0 = one process per CPU
     cache: str | None = None  # the layer cache folder
+    force: bool | None = None  # lift the resource limits (command line only)
 
     def merged(self, override: ModelOptions) -> ModelOptions:
         """These options with every field ``override`` sets replaced."""

@@ -48,6 +48,7 @@ class AnalysisOptions:
     key: str | None = None
     jobs: int = 1  # 0 = one process per CPU
     cache_dir: str | None = None
+    force: bool = False  # lift the resource limits (lipcheck.budget)
 
     def kwargs(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class AnalysisOptions:
             "key": self.key,
             "jobs": self.jobs,
             "cache_dir": self.cache_dir,
+            "force": self.force,
         }
 
 
@@ -98,6 +100,7 @@ def _target(path: str, name: str, options: ModelOptions) -> Target:
         key=options.key,
         jobs=_or(options.jobs, defaults.jobs),
         cache_dir=options.cache,
+        force=bool(options.force),
     )
     thresholds = Thresholds(
         max_lipschitz=options.max_lipschitz,

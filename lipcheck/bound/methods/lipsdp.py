@@ -127,11 +127,34 @@ def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: fl
         for margin in MARGINS:
             rho = value * (1.0 + margin)
             t_cert = [t * (value * (1.0 + 0.5 * margin)) for t in mults]
-            if certify_psd(normalized, slopes, rho, t_cert):
+            balanced = _balance(normalized, t_cert)
+            if balanced is not None and certify_psd(balanced[0], slopes, rho, balanced[1]):
                 detail.update({"margin": margin, "multipliers": origin, "rho_normalized": rho, "exponent": sum(exps)})
                 bound = _scaled_sqrt(rho, sum(exps))
                 return MethodResult(METHOD, bound, time.perf_counter() - start, True, detail)
     return MethodResult(METHOD, None, time.perf_counter() - start, False, {**detail, "reason": "no certificate"})
+
+
+def _balance(
+    weights: Sequence[np.ndarray], ts: Sequence[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """The same LMI after the congruence D·P·D with D = diag(2^{s_i} I) per block (s_0 = 0), so that every diagonal
+    block is of order one and the Cholesky margin is relative to each block, not to the largest one.
+
+    D·P(ρ, T; W)·D = P(ρ, T̃; W̃) with T̃_i = 2^{2s_i}T_i, W̃_i = 2^{s_{i−1}−s_i}W_i (i < k), W̃_k = 2^{s_{k−1}}W_k, and
+    W̃_k…W̃_1 = W_k…W_1 (the exponents telescope): the rescaled chain has the same constant and ρ. Powers of two
+    scale exactly; None if some scaled weight under- or overflowed (then the unbalanced matrix is tried)."""
+    exps = [0] + [-round(math.log2(float(np.max(t)))) // 2 if np.max(t) > 0 else 0 for t in ts]
+    k = len(weights)
+    new_w: list[np.ndarray] = []
+    for i, w in enumerate(weights):
+        e = exps[i] - exps[i + 1] if i < k - 1 else exps[k - 1]
+        scaled = np.ldexp(w, e)
+        if not np.array_equal(np.ldexp(scaled, -e), w) or not np.all(np.isfinite(scaled)):
+            return None
+        new_w.append(scaled)
+    new_t = [np.ldexp(t, 2 * exps[i + 1]) for i, t in enumerate(ts)]
+    return new_w, new_t
 
 
 def _scaled_sqrt(rho: float, exponent: int) -> float:
