@@ -47,6 +47,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
+from lipcheck.readlimits import file_kind
+
 log = logging.getLogger(__name__)
 
 __all__ = ["STALE_AFTER", "NotRegularFileError", "atomic_outputs", "check_output_path", "remove_stale_staging",
@@ -221,25 +223,11 @@ def _destination(path: Path) -> Path:
         return real
     if stat.S_ISREG(mode):
         return real
-    kind = _kind(mode)
+    kind = file_kind(mode)
     via = f" (the link's target {real})" if real != Path(os.path.abspath(path)) else ""
     code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
     raise NotRegularFileError(code, f"is {kind}{via}, not a regular file (lipcheck never replaces one)",
                               os.fspath(path))
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a special file"
 
 
 # ---------------------------------------------------------------------------------------------- staging

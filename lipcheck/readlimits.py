@@ -37,17 +37,21 @@ class FileLimitError(LipcheckError):
     """A user-supplied file is not a regular file, is larger than lipcheck reads, or cannot be read."""
 
 
-def read_limited(path: str | os.PathLike[str], max_bytes: int, *, what: str = "file") -> bytes:
+def read_limited(
+    path: str | os.PathLike[str], max_bytes: int, *, what: str = "file", follow_symlinks: bool = True
+) -> bytes:
     """The bytes of the regular file ``path``, at most ``max_bytes`` of them.
 
     Raises :class:`FileLimitError` naming ``what`` and the path when the path is not a regular file (a
     device such as ``/dev/zero``, a FIFO, a socket, a directory), when it holds more than ``max_bytes``
     (checked on the open file, and again while reading: a file that grows is cut off, not followed), or when
     it cannot be read. ``FileNotFoundError`` propagates as is, so that callers can give their own hint.
-    The file is opened non-blocking: opening a FIFO with no writer returns at once instead of waiting.
+    The file is opened non-blocking: opening a FIFO with no writer returns at once instead of waiting. With
+    ``follow_symlinks=False`` a symbolic link at ``path`` is refused (``O_NOFOLLOW``).
     """
     shown = os.fspath(path)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
     try:
         fd = os.open(shown, flags)
     except FileNotFoundError:
@@ -57,7 +61,7 @@ def read_limited(path: str | os.PathLike[str], max_bytes: int, *, what: str = "f
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise FileLimitError(f"cannot read {what} {shown}: {_kind(info.st_mode)}, not a regular file")
+            raise FileLimitError(f"cannot read {what} {shown}: {file_kind(info.st_mode)}, not a regular file")
         if info.st_size > max_bytes:
             raise FileLimitError(
                 f"{what} {shown} is {_size(info.st_size)}, more than the {_size(max_bytes)} lipcheck reads"
@@ -98,7 +102,8 @@ def _reason(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """'a directory', 'a FIFO (named pipe)'...: what a non-regular file is, for messages."""
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISCHR(mode):

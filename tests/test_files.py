@@ -67,7 +67,7 @@ def test_special_files_are_never_replaced(tmp_path: Path) -> None:
     link_to_device = tmp_path / "null-link"
     link_to_device.symlink_to("/dev/null")
     try:
-        for path, kind in [(fifo, "FIFO"), (folder, "folder"), (tmp_path / "sock", "socket"),
+        for path, kind in [(fifo, "FIFO"), (folder, "directory"), (tmp_path / "sock", "socket"),
                            (Path("/dev/null"), "character device"), (link_to_device, "character device")]:
             with pytest.raises(NotRegularFileError, match=kind):
                 with atomic_outputs([tmp_path / "ok.bin", path]) as temps:
@@ -78,7 +78,7 @@ def test_special_files_are_never_replaced(tmp_path: Path) -> None:
                     (stage / path.name).write_bytes(b"x")
             with pytest.raises(UsageError, match=f"--out {path} is .*{kind}.*give a regular file's path"):
                 check_output_path(path, "--out")
-            if kind in ("folder", "socket"):
+            if kind in ("directory", "socket"):
                 with pytest.raises(LipcheckError, match=f"cannot write {path}: is .*{kind}"):
                     write_text_atomically(path, "report")
             elif kind == "FIFO":  # a report is streamed into a pipe; one nobody reads is an error, not a hang

@@ -54,7 +54,6 @@ import logging
 import math
 import os
 import secrets
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -521,39 +520,15 @@ def _create_key_file(path: Path) -> bytes | None:
 
 # ----------------------------------------------------------------------------------------- the cache
 
-_READ_FLAGS = (
-    os.O_RDONLY
-    | getattr(os, "O_NONBLOCK", 0)  # a FIFO opens at once instead of waiting for a writer
-    | getattr(os, "O_NOCTTY", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
-
-
 def _read_regular(path: Path, limit: int, *, follow_symlinks: bool = False) -> bytes:
     """The bytes of ``path`` when it is a regular file of at most ``limit`` bytes (never blocks: opened
     non-blocking, the type checked on the open descriptor). Raises ``OSError`` otherwise."""
-    flags = _READ_FLAGS if follow_symlinks else _READ_FLAGS | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags)
+    from lipcheck.readlimits import FileLimitError, read_limited
+
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _NotAnEntry(f"not a regular file ({stat.filemode(info.st_mode)})")
-        if info.st_size > limit:
-            raise _NotAnEntry(f"{info.st_size} bytes, more than {limit}")
-        chunks: list[bytes] = []
-        total = 0
-        while total <= limit:
-            chunk = os.read(fd, min(1 << 16, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > limit:
-            raise _NotAnEntry(f"more than {limit} bytes")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+        return read_limited(path, limit, what="cache file", follow_symlinks=follow_symlinks)
+    except FileLimitError as exc:
+        raise _NotAnEntry(str(exc)) from exc
 
 
 @dataclass

@@ -35,7 +35,7 @@ from lipcheck.bound.methods.slopes import is_valid_interval
 from lipcheck.norms.margin import EPS64, as_float64, rounding_margin
 
 METHOD = "lipsdp"
-MARGINS = (1e-9, 1e-7, 1e-5, 1e-3, 1e-2, 1e-1, 1.0)
+MARGINS = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 DEFAULT_ITERATIONS = 300
 SMALL_WIDTH = 256  # hidden widths up to this: the optimizer runs torch on one thread
 
@@ -127,8 +127,8 @@ def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: fl
         for margin in MARGINS:
             rho = value * (1.0 + margin)
             t_cert = [t * (value * (1.0 + 0.5 * margin)) for t in mults]
-            balanced = _balance(normalized, t_cert)
-            if balanced is not None and certify_psd(balanced[0], slopes, rho, balanced[1]):
+            balanced = _balance(normalized, t_cert, rho)
+            if balanced is not None and certify_psd(balanced[0], slopes, balanced[2], balanced[1]):
                 detail.update({"margin": margin, "multipliers": origin, "rho_normalized": rho, "exponent": sum(exps)})
                 bound = _scaled_sqrt(rho, sum(exps))
                 return MethodResult(METHOD, bound, time.perf_counter() - start, True, detail)
@@ -136,15 +136,19 @@ def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: fl
 
 
 def _balance(
-    weights: Sequence[np.ndarray], ts: Sequence[np.ndarray]
-) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
-    """The same LMI after the congruence D·P·D with D = diag(2^{s_i} I) per block (s_0 = 0), so that every diagonal
-    block is of order one and the Cholesky margin is relative to each block, not to the largest one.
+    weights: Sequence[np.ndarray], ts: Sequence[np.ndarray], rho: float
+) -> tuple[list[np.ndarray], list[np.ndarray], float] | None:
+    """The same LMI after the congruence D·P·D with D = diag(2^{s_i} I) per block, so that every diagonal block is of
+    order one and the Cholesky margin is relative to each block, not to the largest one.
 
-    D·P(ρ, T; W)·D = P(ρ, T̃; W̃) with T̃_i = 2^{2s_i}T_i, W̃_i = 2^{s_{i−1}−s_i}W_i (i < k), W̃_k = 2^{s_{k−1}}W_k, and
-    W̃_k…W̃_1 = W_k…W_1 (the exponents telescope): the rescaled chain has the same constant and ρ. Powers of two
-    scale exactly; None if some scaled weight under- or overflowed (then the unbalanced matrix is tried)."""
-    exps = [0] + [-round(math.log2(float(np.max(t)))) // 2 if np.max(t) > 0 else 0 for t in ts]
+    D·P(ρ, T; W)·D = P(ρ̃, T̃; W̃) with ρ̃ = 2^{2s_0}ρ, T̃_i = 2^{2s_i}T_i, W̃_i = 2^{s_{i−1}−s_i}W_i (i < k),
+    W̃_k = 2^{s_{k−1}}W_k, and congruence keeps P ⪰ 0 either way: certifying the returned (W̃, T̃, ρ̃) certifies L ≤ √ρ
+    for W. Powers of two scale exactly; None if some scaled value under- or overflowed."""
+
+    def half_exponent(x: float) -> int:
+        return -round(math.log2(x)) // 2 if x > 0 else 0
+
+    exps = [half_exponent(rho)] + [half_exponent(float(np.max(t))) for t in ts]
     k = len(weights)
     new_w: list[np.ndarray] = []
     for i, w in enumerate(weights):
@@ -154,7 +158,10 @@ def _balance(
             return None
         new_w.append(scaled)
     new_t = [np.ldexp(t, 2 * exps[i + 1]) for i, t in enumerate(ts)]
-    return new_w, new_t
+    new_rho = math.ldexp(rho, 2 * exps[0])
+    if math.ldexp(new_rho, -2 * exps[0]) != rho:
+        return None
+    return new_w, new_t, new_rho
 
 
 def _scaled_sqrt(rho: float, exponent: int) -> float:
