@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
-import numpy as np
-import torch
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")  # before numpy / torch load: small matrices, a shared machine
 
-from lipcheck.bound.methods.lipsdp import Chain, lipsdp, product_bound
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from lipcheck.bound.methods.lipsdp import Chain, lipsdp, product_bound  # noqa: E402
 
 
 def mnist_like_net(seed: int = 0, epochs: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -99,7 +103,7 @@ def lower_one_hidden(net: list[tuple[np.ndarray, np.ndarray]], seconds: float, s
     best_d, best = np.ones(n), -1.0
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        d = (gen.random(n) < 0.5).astype(float)
+        d = np.asarray(gen.random(n) < 0.5, dtype=float)
         v = value(d)
         improved = True
         while improved:
@@ -162,7 +166,7 @@ def run(name: str, net: list[tuple[np.ndarray, np.ndarray]], lower_seconds: floa
            "eclipse_fast": float(result.detail.get("eclipse_fast", math.nan))}  # type: ignore[arg-type]
     print(f"{name:12s} product {product:12.5g}  eclipse-fast {row['eclipse_fast']:12.5g}  lipsdp {row['lipsdp']:12.5g}"
           f" ({result.seconds:6.2f} s, certified={result.certified}, evals={result.detail.get('evaluations')})"
-          f"  lower {lower:12.5g}  lipsdp/lower {row['lipsdp'] / lower if lower else math.nan:7.4f}"
+          f"  lower {lower:12.5g}  lipsdp/lower {row['lipsdp'] / lower if lower else math.nan:9.6f}"
           f"  lipsdp/product {row['lipsdp'] / product:6.3f}")
     return row
 

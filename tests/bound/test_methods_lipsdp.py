@@ -61,7 +61,8 @@ def test_certified_above_vertex_maximum_and_below_product(slope: tuple[float, fl
     result = lipsdp(chain, iterations=ITER)
     exact = vertex_max(ws, [slope, slope])
     check(result, exact, product_bound(chain))
-    assert result.value <= float(result.detail["eclipse_fast"]) * (1 + 1e-9)  # type: ignore[arg-type,operator]
+    fast = min(float(result.detail["eclipse_fast"]), product_bound(chain))  # type: ignore[arg-type]
+    assert result.value <= fast * (1 + 1e-9)  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -126,7 +127,9 @@ def test_property_certified_above_measured_ratios(seed: int, depth: int, slope: 
     y = x + rng.standard_normal((500, dims[0])) * rng.choice([1e-3, 1.0], (500, 1))
     fx, fy = forward(ws, bs, ACTS[slope], x), forward(ws, bs, ACTS[slope], y)
     ratios = np.linalg.norm(fx - fy, axis=1) / np.linalg.norm(x - y, axis=1)
-    check(result, float(ratios.max()), product_bound(chain))
+    # the measured side rounds too: f(x) − f(y) for y − x of 1e-3 cancels ~4 digits (seen: 4e-11 relative above
+    # σ_max on a single layer, whose certificate is σ_max·(1 + 1e-9))
+    check(result, float(ratios.max()) * (1 - 1e-8), product_bound(chain))
 
 
 def test_single_layer_is_the_spectral_norm() -> None:
@@ -160,7 +163,8 @@ def test_hostile_decimal_scales_and_one_neuron() -> None:
     slopes = ((0.0, 1.0), (0.0, 1.0))
     result = lipsdp(Chain(tuple(ws), slopes), iterations=ITER)
     exact = vertex_max(base, list(slopes))  # 1e-150·1e150 = 1 up to a rounding
-    assert result.certified and exact * (1 - 1e-12) <= result.value <= product_bound(Chain(tuple(ws), slopes)) * (1 + 1e-9)  # type: ignore[operator]
+    product = product_bound(Chain(tuple(ws), slopes))
+    assert result.certified and exact * (1 - 1e-12) <= result.value <= product * (1 + 1e-9)  # type: ignore[operator]
 
 
 def test_zero_layer_gives_zero() -> None:

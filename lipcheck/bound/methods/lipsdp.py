@@ -52,7 +52,9 @@ class Chain:
         if not self.weights:
             raise ValueError("a chain needs at least one weight matrix")
         if len(self.slopes) != len(self.weights) - 1:
-            raise ValueError(f"{len(self.weights)} weights need {len(self.weights) - 1} activations, got {len(self.slopes)}")
+            raise ValueError(
+                f"{len(self.weights)} weights need {len(self.weights) - 1} activations, got {len(self.slopes)}"
+            )
         for i, w in enumerate(self.weights):
             if w.ndim != 2:
                 raise ValueError(f"weight {i + 1} is not a matrix (shape {w.shape})")
@@ -76,8 +78,12 @@ def product_bound(chain: Chain) -> float:
         if s == 0.0:
             return 0.0
         logs += math.log(s)
-    value = math.exp(logs) * rounding_margin(4 * len(chain.weights) + 4)
-    return value if math.isfinite(value) else math.inf
+    try:
+        value = math.exp(logs) * rounding_margin(4 * len(chain.weights) + 4)
+    except OverflowError:
+        return math.inf
+    # below float64's range: the smallest positive float is still an upper bound
+    return value if value > 0 else math.nextafter(0.0, 1.0)
 
 
 def _sigma_upper(w: np.ndarray) -> float:
@@ -131,6 +137,10 @@ def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: fl
             if balanced is not None and certify_psd(balanced[0], slopes, balanced[2], balanced[1]):
                 detail.update({"margin": margin, "multipliers": origin, "rho_normalized": rho, "exponent": sum(exps)})
                 bound = _scaled_sqrt(rho, sum(exps))
+                product = product_bound(chain)
+                detail["product"] = product
+                if product < bound:  # possible with identity-like slopes [1, 1]: the product is certified too
+                    bound, detail["multipliers"] = product, "product"
                 return MethodResult(METHOD, bound, time.perf_counter() - start, True, detail)
     return MethodResult(METHOD, None, time.perf_counter() - start, False, {**detail, "reason": "no certificate"})
 
@@ -178,7 +188,9 @@ def _scaled_sqrt(rho: float, exponent: int) -> float:
 
 
 def _sequence_numpy(
-    weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], params: Sequence[tuple[np.ndarray, float]] | None
+    weights: Sequence[np.ndarray],
+    slopes: Sequence[tuple[float, float]],
+    params: Sequence[tuple[np.ndarray, float]] | None,
 ) -> tuple[float, list[np.ndarray]]:
     """(c, [T_i]) of the elimination for parameters (θ_i, γ_i) (None: θ = 0, γ = 1/2, ECLipsE-Fast); c = inf if a
     Y_i is not numerically positive definite."""
@@ -287,7 +299,7 @@ def _optimize(
         opt.step(closure)
     finally:
         torch.set_num_threads(threads)
-    info = {"evaluations": evaluations, "optimize_seconds": time.perf_counter() - start}
+    info: dict[str, object] = {"evaluations": evaluations, "optimize_seconds": time.perf_counter() - start}
     if best["ts"] is None:
         return math.inf, [], info
     # re-evaluate the best multipliers' c with the numpy elimination (what gets certified is c·T)

@@ -1,0 +1,165 @@
+"""Recognize an MLP chain in a lipcheck Graph and bound it with :func:`lipcheck.bound.methods.lipsdp.lipsdp`.
+
+A chain is one path from the single float input to the single output through: Gemm (constant B, transA = 0) and
+MatMul (constant 2-D right operand), constant Add/Sub (biases: shifts do not change a Lipschitz constant),
+Flatten / Reshape that keep the leading (batch) axis, and element-wise activations with a known slope interval
+(:mod:`.slopes`). The map acts row by row, so the constant of one row is the constant of the whole tensor.
+Consecutive linear layers get an identity "activation" [1, 1]; two activations in a row compose into the product of
+their intervals; an activation before the first or after the last linear layer gets an identity matrix beside it.
+Gemm's alpha factors out of the chain (scalars commute with the diagonal slope matrices), exactly or rounded up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lipcheck.bound.methods.base import MethodResult
+from lipcheck.bound.methods.lipsdp import Chain, lipsdp
+from lipcheck.bound.methods.slopes import slope_interval
+from lipcheck.ir.graph import Graph, Node
+from lipcheck.norms.margin import EPS64
+
+_SHIFTS = ("Add", "Sub")
+_SHAPE_OPS = ("Flatten", "Reshape", "Identity", "Dropout")
+
+
+def find_chain(graph: Graph) -> tuple[Chain, float] | str:
+    """(chain, factor) with L(model) ≤ factor·L(chain), or the reason the graph is not such a chain."""
+    float_inputs = graph.float_inputs
+    if len(float_inputs) != 1 or len(graph.outputs) != 1:
+        return "the chain method needs one float input and one output"
+    current = float_inputs[0].name
+    items: list[tuple[str, Any]] = []  # ("W", matrix) or ("φ", (α, β))
+    factor = 1.0
+    for node in graph.nodes:
+        var = [i for i in node.inputs if i and not graph.is_const(i)]
+        if var != [current] or len(node.outputs) != 1:
+            return f"{node.label} does not continue a single path"
+        if len(graph.consumers(current)) != 1 and current != float_inputs[0].name:
+            return f"the output of the node before {node.label} is read more than once"
+        step = _step(node, graph, current)
+        if isinstance(step, str):
+            return step
+        kind, value, scale = step
+        factor *= scale
+        if kind != "shape":
+            items.append((kind, value))
+        current = node.outputs[0]
+    if current != graph.outputs[0].name:
+        return "the path does not end at the model output"
+    weights: list[np.ndarray] = []
+    slopes: list[tuple[float, float]] = []
+    pending: tuple[float, float] | None = None
+    dim = _row_size(graph, float_inputs[0].name)
+    for kind, value in items:
+        if kind == "φ":
+            pending = value if pending is None else _compose(pending, value)
+            if not weights:
+                weights.append(np.eye(dim))
+            continue
+        if weights:
+            slopes.append(pending if pending is not None else (1.0, 1.0))
+        elif pending is not None:
+            return "internal: activation bookkeeping"
+        pending = None
+        if weights and value.shape[1] != weights[-1].shape[0]:
+            return "layer sizes do not match"
+        weights.append(value)
+    if pending is not None:
+        slopes.append(pending)
+        weights.append(np.eye(weights[-1].shape[0]))
+    if not weights:
+        return "no linear layer"
+    try:
+        return Chain(tuple(weights), tuple(slopes)), factor
+    except ValueError as exc:
+        return str(exc)
+
+
+def chain_bound(graph: Graph, **options: Any) -> MethodResult | None:
+    """The lipsdp method's certified value for ``graph`` if it is a chain (None otherwise); ``options`` go to
+    :func:`lipsdp`. The reason a graph is not a chain is in :func:`find_chain`."""
+    found = find_chain(graph)
+    if isinstance(found, str):
+        return None
+    chain, factor = found
+    result = lipsdp(chain, **options)
+    if result.value is None or factor == 1.0:
+        return result
+    value = result.value * factor * (1.0 + 2.0 * EPS64) if result.value > 0 else 0.0
+    return MethodResult(result.method, value, result.seconds, result.certified, {**result.detail, "factor": factor})
+
+
+def _row_size(graph: Graph, name: str) -> int:
+    shape = graph.shape(name)
+    return int(shape[-1]) if shape else 1
+
+
+def _compose(first: tuple[float, float], second: tuple[float, float]) -> tuple[float, float]:
+    """Slopes of φ2∘φ1: products s2·s1 of slopes in the two intervals (interval multiplication)."""
+    products = [a * b for a in first for b in second]
+    return (min(products), max(products))
+
+
+def _step(node: Node, graph: Graph, current: str) -> tuple[str, Any, float] | str:
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        return f"{node.label}: custom domain"
+    if op == "Gemm":
+        if node.attr("transA", 0):
+            return f"{node.label}: transA on the variable input"
+        if node.inputs[0] != current:
+            return f"{node.label}: the variable is not the first input"
+        b = np.asarray(graph.constants[node.inputs[1]], dtype=np.float64)
+        w = b if node.attr("transB", 0) else b.T  # y = α·x·B' => W = α·B'ᵀ
+        return "W", np.ascontiguousarray(w), _scale(float(node.attr("alpha", 1.0)))
+    if op == "MatMul":
+        if node.inputs[0] != current or np.ndim(graph.constants[node.inputs[1]]) != 2:
+            return f"{node.label}: only x @ (constant matrix) is a chain layer"
+        if len(graph.shape(current)) < 1:
+            return f"{node.label}: scalar input"
+        return "W", np.ascontiguousarray(np.asarray(graph.constants[node.inputs[1]], dtype=np.float64).T), 1.0
+    if op in _SHIFTS:
+        other = [i for i in node.inputs if i != current]
+        if len(other) != 1 or not graph.is_const(other[0]):
+            return f"{node.label}: not a constant shift"
+        if graph.shape(node.outputs[0]) != graph.shape(current):
+            return f"{node.label}: the constant broadcasts the tensor to a larger shape"
+        if op == "Sub" and node.inputs[0] != current:
+            return "φ", (-1.0, -1.0), 1.0  # c − x: a negation
+        return "shape", None, 1.0
+    if op in _SHAPE_OPS:
+        before, after = graph.shape(current), graph.shape(node.outputs[0])
+        if op in ("Identity", "Dropout") or (before and after and len(after) == 2 and before[0] == after[0]
+                                               and math.prod(before) == math.prod(after)):
+            return "shape", None, 1.0
+        return f"{node.label}: a reshape that does not flatten rows"
+    if op == "PRelu":
+        s = graph.constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
+        if s is None:
+            return f"{node.label}: input-dependent slope"
+        lo, hi = float(np.min(s)), float(np.max(s))
+        return "φ", (min(lo, 1.0), max(hi, 1.0)), 1.0
+    interval = slope_interval(op, _float_attrs(node.attrs))
+    if interval is None:
+        return f"{node.label}: not a slope-restricted element-wise activation"
+    return "φ", interval, 1.0
+
+
+def _float_attrs(attrs: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in attrs.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _scale(alpha: float) -> float:
+    """|α| as an upper bound (exact: a float's absolute value)."""
+    return abs(alpha)
