@@ -77,6 +77,7 @@ def test_every_model_is_committed() -> None:
     assert on_disk == sorted(NAMES), "sample_models/*.onnx out of sync with generate.MODELS"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_generator_is_deterministic(name: str, regenerated: tuple[Path, Path]) -> None:
     first, second = regenerated

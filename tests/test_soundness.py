@@ -21,6 +21,8 @@ from torch import nn
 
 import lipcheck
 
+pytestmark = pytest.mark.slow  # .ci/run runs the slow set too: python -m pytest -q -m slow
+
 
 class Residual(nn.Module):
     def __init__(self, body: nn.Module):

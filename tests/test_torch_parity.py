@@ -14,6 +14,8 @@ import torch
 import lipcheck
 from lipcheck.report import Report
 
+pytestmark = pytest.mark.slow  # .ci/run runs the slow set too: python -m pytest -q -m slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_DIR = ROOT / "sample_models" / "torch"
 ARCH = "sample_models/torch_models.py:"

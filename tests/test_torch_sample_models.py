@@ -21,6 +21,8 @@ import onnx
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # .ci/run runs the slow set too: python -m pytest -q -m slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 TORCH_DIR = SAMPLES / "torch"

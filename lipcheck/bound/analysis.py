@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 import lipcheck
@@ -37,6 +38,7 @@ def analyze(
     cache_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
     limits: ResourceLimits | None = None,
+    method: str = "auto",
 ) -> Report:
     """Analyse a model: per-layer spectral norms, a certified upper bound, an estimate and a lower bound.
 
@@ -59,8 +61,16 @@ def analyze(
     the stage limit, is skipped with the reason in the notes (the certified σ then comes from a cheaper certified
     bound); the lower bound is skipped when one step cannot fit. ``force=True`` lifts every limit; ``limits`` sets
     them (default :class:`~lipcheck.budget.ResourceLimits`).
+
+    ``method`` (:mod:`lipcheck.bound.methods.choose`): ``"product"`` composes per-layer constants (AutoLip);
+    ``"lipsdp"`` adds the LipSDP-Neuron bound of an MLP chain (a note says why when the graph is not one);
+    ``"auto"`` adds it on chains small enough for a few seconds. ``report.bounds`` holds every method's certified
+    value and time; ``upper_bound`` is the least of them and ``report.method`` names the method that gave it.
     """
+    from lipcheck.bound.methods.choose import check_method, lipsdp_result, product_result, tightest
     from lipcheck.bound.parallel import resolve_jobs
+
+    method = check_method(method)
 
     progress = progress or NullProgress()
     n_jobs = resolve_jobs(jobs)
@@ -71,7 +81,7 @@ def analyze(
         cache = open_cache(cache_dir)
     settings = Settings(
         power_iterations=power_iterations, tolerance=tolerance, seed=seed, exact_limit=exact_limit,
-        lower_bound=lower_bound, lower_bound_seconds=lower_bound_seconds,
+        lower_bound=lower_bound, lower_bound_seconds=lower_bound_seconds, method=method,
     )
     torch_options = TorchOptions(trust_pickle=trust_pickle, arch=arch, arch_kwargs=arch_kwargs, key=key)
     graph = fold_batchnorm(load_model(model, input_shape=input_shape, torch_options=torch_options))
@@ -95,7 +105,9 @@ def analyze(
     limits = ResourceLimits(enabled=False) if force else limits
     with budget.session(limits) as resources:
         budget.check_input_sizes({i.name: tuple(i.shape) for i in floats})
+        started = time.perf_counter()
         result = walk(graph, settings, progress, cache=cache, jobs=n_jobs)
+        walk_seconds = time.perf_counter() - started
         notes.extend(f"resource limits: {event}" for event in resources.events)
     if cache is not None:
         notes.append(cache.note())
@@ -104,6 +116,12 @@ def analyze(
     if other_outputs:
         notes.append("non-float outputs that depend on the input: " + ", ".join(o.name for o in other_outputs))
     upper = result.output_bound(graph, result.upper)
+    bounds = [product_result(upper, walk_seconds)]
+    extra, method_note = lipsdp_result(graph, method, on_start=lambda: progress.start(0, "composing: lipsdp"))
+    if extra is not None:
+        bounds.append(extra)
+    if method_note is not None:
+        notes.append(method_note)
     estimate = result.output_bound(graph, result.estimate)
     if len(graph.outputs) > 1:
         notes.append("several outputs: the bound is with respect to their concatenation")
@@ -129,12 +147,12 @@ def analyze(
         with budget.session(limits):
             lb = _lower_bound(graph, model, settings, progress)
     progress.finish()
-    certified = math.isfinite(upper)
+    best = tightest(bounds)
     return Report(
         model=str(model) if isinstance(model, (str, os.PathLike)) else graph.source,
         inputs=tuple(InputInfo(i.name, tuple(i.shape), i.dtype) for i in graph.inputs),
-        upper_bound=upper if certified else None,
-        certified=certified,
+        upper_bound=best,
+        certified=best is not None,
         estimate=estimate if math.isfinite(estimate) else None,
         lower_bound=lb,
         unbounded=tuple(result.unbounded),
@@ -143,6 +161,7 @@ def analyze(
         notes=tuple(notes),
         settings=settings,
         lipcheck_version=lipcheck.__version__,
+        bounds=tuple(bounds),
     )
 
 

@@ -2,21 +2,27 @@
 
 With f(x) = the concatenation of the flattened float outputs and x = the concatenation of the float inputs,
 every spectral norm ``||J(x)||_2`` of the Jacobian at a point where f is differentiable, and every ratio
-``||f(x) - f(y)|| / ||x - y||``, is a true lower bound on the Lipschitz constant L. We measure many:
+``||f(x) - f(y)|| / ||x - y||``, is a true lower bound on the Lipschitz constant L. The search measures many,
+until the time budget is used (:class:`~lipcheck.bound.jacobian.Clock`), as a fixed sequence of tasks:
 
-(a) ``||J(x)||_2`` by power iteration on JᵀJ (Jacobian-vector products by autograd, float64) at seeded
-    random inputs of mixed scales. Each iterate's ``||J v||`` with ``||v|| = 1`` is itself a lower bound on
-    ``||J(x)||_2`` (power iteration converges from below), so no iterate can overshoot.
-(b) gradient ascent (Adam, float64) on ``log ||f(x + d) - f(x)|| - log ||d||`` over pairs, started at the
-    best Jacobian points with ``d = small * v_top`` and at random pairs; the best pair of each restart is
-    re-measured with a plain forward pass, and only that measured ratio counts.
+- a **start**: ``||J(x)||_2`` at a seeded random point (normal, uniform and sparse "data-like" inputs of mixed
+  scales; the explicit Jacobian and its SVD when it has at most 64 rows or columns, else power iteration on
+  JᵀJ, whose iterates ``||J v||`` never overshoot), or at a perturbation of the best point so far;
+- on nets with piecewise-linear activations (at most 4096 units: beyond, regions are tiny and pair ascents do
+  better), each start is followed by a **climb** over activation regions (:mod:`lipcheck.bound.regions`: flips
+  of the units whose flip raises ``||J||``, steps along the top singular vector across breakpoints), where J is
+  constant and gradients cannot help;
+- a **pair ascent** (Adam, float64) on ``log ||f(x + d) - f(x)|| - log ||d||``, started at the best
+  unused Jacobian point with ``d = small * v_top`` or at a random pair; only the ratio re-measured by a plain
+  forward pass at its best pair counts.
 
 The value is the max of everything measured: lower <= L <= certified upper bound.
 
-Reproducibility: every random draw comes from ``numpy.random.default_rng(seed)``, drawn up front; each phase
-runs a fixed number of steps (power iterations stop early only on a deterministic convergence test). The same
-seed gives the same value unless the wall-clock ``time_budget`` cuts a phase short, in which case
-``completed=False`` and the value may differ from run to run (it is still a true lower bound).
+Reproducibility and the budget: every random draw comes from ``numpy.random.default_rng(seed)`` in task order,
+and no search decision depends on the clock, so the steps done are a prefix of one sequence fixed by the seed.
+A run that does k steps reports the value of ``max_steps=k``; a larger budget (or a faster machine) does more
+steps of the same sequence and can only find a larger or equal value. ``jacobian_samples`` / ``ascent_restarts``
+cap the starts / pair ascents (None: until the budget); with both capped the search ends when they are done.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lipcheck.bound.jacobian import Clock, Flat, Linearization, spectral_norm_at
+from lipcheck.bound.pairs import ascend, measured_ratio, rms
+from lipcheck.bound.regions import Point, clear_of_ties, climb, find_kinks, kink_names
 from lipcheck.bound.torch_eval import TorchEvaluator, is_float_info, unsupported_reason
 from lipcheck.errors import LipcheckError
 from lipcheck.ir.graph import Graph, TensorInfo
@@ -38,7 +47,7 @@ __all__ = ["empirical_lower_bound", "reference_tolerance"]
 
 Reference = Callable[[list[np.ndarray]], list[np.ndarray]]
 
-# The input distributions of the Jacobian samples, cycled: (name, scale, kind).
+# The input distributions of the start points, cycled: (name, scale, kind).
 _DISTRIBUTIONS: tuple[tuple[str, float, str], ...] = (
     ("N(0,1)", 1.0, "normal"),
     ("U[0,1]", 1.0, "uniform01"),
@@ -47,14 +56,48 @@ _DISTRIBUTIONS: tuple[tuple[str, float, str], ...] = (
     ("U[-1,1]", 1.0, "uniform11"),
     ("0.1*N(0,1)", 0.1, "normal"),
     ("3*N(0,1)", 3.0, "normal"),
+    ("sparse U[0,1]", 1.0, "sparse01"),
     ("U[0,1]", 1.0, "uniform01"),
+    ("0.3*N(0,1)", 0.3, "normal"),
 )
-
-_POWER_TOL = 1e-10  # relative change of ||Jv|| that ends a power iteration early (deterministic)
+_PERTURBATIONS = (0.03, 0.3, 0.1, 1.0)  # scales (relative to the best point's rms) of the perturbed starts
 _PAIR_STEP = 1e-3  # ||y - x|| of a pair started along v_top, relative to ||x|| (or to sqrt(n) near 0)
-# The ascent never lets ||y - x|| fall below this times max(||x||, sqrt(n)): float64 rounding in f(y) - f(x)
-# (~1e-16 of the intermediate magnitudes) then adds at most ~1e-10 relative to the measured ratio.
-_MIN_PAIR_DISTANCE = 1e-6
+_STEP_FORWARDS = 3.0  # a search step costs about this many evaluator forward passes (the first step's prediction)
+_FIRST_ROUND = 12  # tasks of the first round: a search cut before them reports completed=False
+_CLIMB_MOVES = 64  # kept moves of one climb at most
+_CLIMB_STEPS = 400  # clock steps of one climb at most (on a conv net a move costs a few hundred)
+_CLIMB_UNITS = 4096  # nets with more piecewise-linear units than this are searched like smooth ones
+_TOP_POINTS = 4  # best Jacobian points kept as pair-ascent starts
+# The tasks, cycled: nets with (up to _CLIMB_UNITS) piecewise-linear units climb from every start, and restart
+# half of the time near the best point; other nets alternate Jacobian samples and pair ascents.
+_CYCLE_PIECEWISE = ("start", "pair", "perturb", "start", "perturb", "pair")
+_CYCLE_SMOOTH = ("start", "start", "pair")
+# ops whose output is an affine function of their inputs when every other operand is a constant (Mul, Div,
+# MatMul: checked); a graph of only these has a constant Jacobian, so one converged sample is exact
+_AFFINE_OPS = frozenset({
+    "Add", "Sub", "Neg", "Identity", "Dropout", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+    "Concat", "Gemm", "Conv", "ConvTranspose", "BatchNormalization", "AveragePool", "GlobalAveragePool",
+    "ReduceMean", "ReduceSum", "Cast", "Split", "Slice", "Expand", "Mul", "Div", "MatMul",
+})
+
+
+def _margin(budget: float) -> float:
+    """The part of the budget kept free for the work after the last step (the final bookkeeping)."""
+    return min(0.1 * budget, 0.25)
+
+
+def _is_affine(graph: Graph) -> bool:
+    """Every node is affine in the graph's inputs (its other operands constants): J is the same everywhere."""
+    for node in graph.nodes:
+        if node.op_type not in _AFFINE_OPS or node.domain not in ("", "ai.onnx"):
+            return False
+        operands = [i for i in node.inputs if i]
+        if node.op_type in ("Mul", "MatMul") and not any(i in graph.constants for i in operands[:2]):
+            return False
+        if node.op_type in ("Div", "Gemm", "Conv", "ConvTranspose", "BatchNormalization") and \
+                not all(i in graph.constants for i in operands[1:]):
+            return False
+    return True
 
 
 def reference_tolerance(graph: Graph) -> float:
@@ -74,92 +117,13 @@ def _is_float(info: TensorInfo) -> bool:
     return is_float_info(info)
 
 
-_STEP_FORWARDS = 3.0  # a search step costs about this many evaluator forward passes
-
-
-@dataclass
-class _Clock:
-    deadline: float
-    start: float
-    hit: bool = False
-    step: float = 0.0  # the duration of the last step of the search, the cost expected of the next
-
-    def expired(self, upcoming: float = 0.0) -> bool:
-        """True once the deadline has passed, or would pass during a step expected to take ``upcoming`` seconds
-        (the last step's duration): the budget is kept instead of overrun by one slow step."""
-        if time.perf_counter() + max(upcoming, 0.0) >= self.deadline:
-            self.hit = True
-        return self.hit
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-
-class _Flat:
-    """f as a map R^n -> R^m on flat float64 vectors (float inputs concatenated, float outputs too)."""
-
-    def __init__(self, graph: Graph, evaluator: TorchEvaluator) -> None:
-        self.evaluator = evaluator
-        self.shapes = [tuple(i.shape) for i in evaluator.float_inputs]
-        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
-        self.n = sum(self.sizes)
-        self.out_index = [k for k, o in enumerate(graph.outputs) if _is_float(o)]
-        self.forward_seconds = 0.0  # one forward pass, measured by the reference check
-
-    def split(self, z: torch.Tensor) -> list[torch.Tensor]:
-        return [p.reshape(s) for p, s in zip(torch.split(z, self.sizes), self.shapes, strict=True)]
-
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        outs = self.evaluator(*self.split(z))
-        parts = [outs[k].reshape(-1) for k in self.out_index]
-        return torch.cat([p if p.is_floating_point() else p.to(torch.float64) for p in parts])
-
-
-class _Linearization:
-    """J(x) as two linear maps from ONE recorded forward pass: ``Jᵀu`` by backward, ``Jv`` by the
-    double-backward trick (``g(w) = Jᵀw`` is recorded with create_graph, and ``Jv`` is the gradient of
-    ``<g(w), v>`` in w). On CPU this is ~10x faster than forward-mode AD; ``torch.func.jvp`` is the fallback
-    when an op has no double backward."""
-
-    def __init__(self, f: _Flat, x: torch.Tensor) -> None:
-        self.f = f
-        self.x = x.detach().clone().requires_grad_(True)
-        self.y = f(self.x)
-        self._w: torch.Tensor | None = None
-        self._g: torch.Tensor | None = None
-        self._double_backward = self.y.requires_grad
-
-    def vjp(self, u: torch.Tensor) -> torch.Tensor:
-        if not self.y.requires_grad:
-            return torch.zeros_like(self.x)
-        (g,) = torch.autograd.grad(self.y, self.x, u, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(self.x) if g is None else g.detach()
-
-    def jvp(self, v: torch.Tensor) -> torch.Tensor:
-        if not self.y.requires_grad:
-            return torch.zeros_like(self.y.detach())
-        if self._double_backward:
-            try:
-                if self._g is None:
-                    self._w = torch.zeros_like(self.y, requires_grad=True)
-                    (self._g,) = torch.autograd.grad(self.y, self.x, self._w, create_graph=True,
-                                                     allow_unused=True)
-                if self._g is None or not self._g.requires_grad:
-                    return torch.zeros_like(self.y.detach())
-                assert self._w is not None
-                (jv,) = torch.autograd.grad(self._g, self._w, v, retain_graph=True, allow_unused=True)
-                return torch.zeros_like(self.y.detach()) if jv is None else jv.detach()
-            except RuntimeError:
-                self._double_backward = False
-        return torch.func.jvp(self.f, (self.x.detach(),), (v,))[1].detach()
-
-
 def _sample(rng: np.random.Generator, kind: str, scale: float, n: int) -> np.ndarray:
     if kind == "uniform01":
         return rng.uniform(0.0, 1.0, n)
     if kind == "uniform11":
         return rng.uniform(-1.0, 1.0, n)
+    if kind == "sparse01":
+        return rng.uniform(0.0, 1.0, n) * (rng.uniform(0.0, 1.0, n) < 0.3)
     return scale * rng.standard_normal(n)
 
 
@@ -168,116 +132,7 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / norm if norm > 0 else a
 
 
-@dataclass
-class _JacobianPoint:
-    x: torch.Tensor
-    sigma: float  # the largest measured ||J v||, ||v|| = 1
-    v_top: torch.Tensor
-    label: str
-
-
-def _jacobian_norm(f: _Flat, x: torch.Tensor, v0: torch.Tensor, iterations: int, clock: _Clock
-                   ) -> tuple[float, torch.Tensor, int]:
-    """Power iteration on J(x)ᵀJ(x); returns (max ||J v|| seen, its v, iterations done). NaN when none."""
-    lin = _Linearization(f, x)
-    v = v0
-    best, best_v, prev = math.nan, v0, -1.0
-    done = 0
-    for _ in range(iterations):
-        if clock.expired(clock.step):
-            break
-        t0 = time.perf_counter()
-        u = lin.jvp(v)
-        sigma = float(torch.linalg.vector_norm(u))
-        done += 1
-        if not math.isfinite(sigma):
-            break
-        if not best >= sigma:  # also replaces the initial NaN
-            best, best_v = sigma, v
-        w = lin.vjp(u)
-        w_norm = float(torch.linalg.vector_norm(w))
-        if not math.isfinite(w_norm) or w_norm == 0.0 or abs(sigma - prev) <= _POWER_TOL * sigma:
-            break
-        prev = sigma
-        v = w / w_norm
-        clock.step = time.perf_counter() - t0
-    return best, best_v, done
-
-
-def _measured_ratio(f: _Flat, x: torch.Tensor, d: torch.Tensor) -> float:
-    """||f(x) - f(y)|| / ||x - y|| with y = x + d, from plain forward passes."""
-    with torch.no_grad():
-        y = x + d
-        den = float(torch.linalg.vector_norm(y - x))
-        if den == 0.0:
-            return math.nan
-        return float(torch.linalg.vector_norm(f(y) - f(x))) / den
-
-
-class _Adam:
-    """Plain Adam (Kingma & Ba 2015) on a list of tensors, maximizing. Hand-written: torch.optim's first step
-    imports torch._dynamo (~1.5 s), more than a whole ascent on a small model."""
-
-    def __init__(self, params: list[torch.Tensor], lrs: list[float],
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-12) -> None:
-        self.params, self.lrs, self.betas, self.eps = params, lrs, betas, eps
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-        self.t = 0
-
-    def ascend(self, grads: list[torch.Tensor]) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        with torch.no_grad():
-            for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lrs, strict=True):
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                m_hat = m / (1 - b1**self.t)
-                v_hat = v / (1 - b2**self.t)
-                p.add_(lr * m_hat / (v_hat.sqrt() + self.eps))
-
-
-def _rms(t: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(t)) / math.sqrt(max(t.numel(), 1))
-
-
-def _ascend(f: _Flat, x0: torch.Tensor, d0: torch.Tensor, steps: int, clock: _Clock
-            ) -> tuple[float, torch.Tensor, torch.Tensor, int]:
-    """Adam ascent on log ||f(x + d) - f(x)|| - log ||d|| over (x, d), step sizes 1% of the starting rms of x
-    and of d; returns the best (ratio, x, d) seen and the number of steps done."""
-    x, d = x0.detach().clone(), d0.detach().clone()
-    adam = _Adam([x, d], [1e-2 * max(_rms(x0), 1e-2), 1e-2 * max(_rms(d0), 1e-12)])
-    best, best_x, best_d = math.nan, x0, d0
-    done = 0
-    for _ in range(steps):
-        if clock.expired(clock.step):
-            break
-        t0 = time.perf_counter()
-        xg, dg = x.clone().requires_grad_(True), d.clone().requires_grad_(True)
-        num = torch.linalg.vector_norm(f(xg + dg) - f(xg))
-        den = torch.linalg.vector_norm(dg)
-        n_val, d_val = float(num.detach()), float(den.detach())
-        ratio = n_val / d_val if d_val > 0 else math.nan
-        done += 1
-        if not math.isfinite(ratio) or ratio == 0.0 or not num.requires_grad:
-            break
-        if not best >= ratio:
-            best, best_x, best_d = ratio, x.clone(), d.clone()
-        gx, gd = torch.autograd.grad(torch.log(num) - torch.log(den), (xg, dg), allow_unused=True)
-        grads = [torch.zeros_like(x) if gx is None else gx, gd]
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
-            break
-        adam.ascend(grads)
-        with torch.no_grad():  # keep ||d|| far above float64 rounding of f (see _MIN_PAIR_DISTANCE)
-            floor = _MIN_PAIR_DISTANCE * max(float(torch.linalg.vector_norm(x)), math.sqrt(x.numel()))
-            d_norm = float(torch.linalg.vector_norm(d))
-            if 0 < d_norm < floor:
-                d.mul_(floor / d_norm)
-        clock.step = time.perf_counter() - t0
-    return best, best_x, best_d, done
-
-
-def _check_reference(f: _Flat, x: np.ndarray, reference: Reference) -> float:
+def _check_reference(f: Flat, x: np.ndarray, reference: Reference) -> float:
     """Max over float outputs of max|ours - ref| / max|ref| on one input. Non-finite values must match
     exactly (NaN where the reference has NaN, same infinities); otherwise the error is inf."""
     parts = np.split(x, np.cumsum(f.sizes)[:-1])
@@ -360,6 +215,135 @@ def _too_costly(graph: Graph, n: int, time_budget: float) -> str | None:
     return None
 
 
+@dataclass
+class _Found:
+    """A measured Jacobian point: the best ones seed pair ascents and perturbed starts."""
+
+    sigma: float
+    x: torch.Tensor
+    v: torch.Tensor
+    label: str
+    paired: bool = False
+
+
+class _Search:
+    """The task sequence of :func:`empirical_lower_bound` (see the module docstring), its draws and its best
+    value."""
+
+    def __init__(self, f: Flat, graph: Graph, rng: np.random.Generator, clock: Clock, say: Callable[[str], None],
+                 *, power_iterations: int, ascent_steps: int) -> None:
+        self.f, self.rng, self.clock, self.say = f, rng, clock, say
+        self.kinks = find_kinks(graph)
+        units = sum(math.prod(graph.shapes.get(k.z, (_CLIMB_UNITS + 1,))) for k in self.kinks)
+        # with many units the regions are tiny and a move costs hundreds of products: gradient ascent on
+        # ratios does better there (on cnn_bn, 24 k units: 0.252 against 0.242 in 1 s)
+        self.climbing = bool(self.kinks) and units <= _CLIMB_UNITS
+        self.affine = _is_affine(graph)
+        self.power_iterations = power_iterations if not self.affine else max(power_iterations, 10_000)
+        self.ascent_steps = ascent_steps
+        self.best = math.nan
+        self.samples = 0  # points where ||J|| was measured
+        self.steps = 0  # pair-ascent steps and region moves tried
+        self.starts = 0
+        self.fresh_starts = 0
+        self.perturbed_starts = 0
+        self.pairs = 0
+        self.tasks = 0
+        self.top: list[_Found] = []
+        self.first: tuple[str, np.ndarray, np.ndarray] | None = None  # the first point, drawn up front
+
+    def record(self, value: float, label: str) -> None:
+        if math.isfinite(value) and not self.best >= value:
+            if self.tasks >= _FIRST_ROUND:
+                self.say(f"lower bound: {value:.6g} ({label}, task {self.tasks + 1})")
+            self.best = value
+
+    def fresh(self) -> tuple[str, np.ndarray, np.ndarray]:
+        if self.first is not None:
+            item, self.first = self.first, None
+            return item
+        label, scale, kind = _DISTRIBUTIONS[self.fresh_starts % len(_DISTRIBUTIONS)]
+        self.fresh_starts += 1
+        return label, _sample(self.rng, kind, scale, self.f.n), _unit(self.rng.standard_normal(self.f.n))
+
+    def start(self, perturb: bool) -> None:
+        best = max(self.top, key=lambda p: p.sigma) if self.top else None
+        if perturb and best is not None:
+            scale = _PERTURBATIONS[self.perturbed_starts % len(_PERTURBATIONS)] * max(rms(best.x), 1e-2)
+            self.perturbed_starts += 1
+            x = best.x + torch.from_numpy(scale * self.rng.standard_normal(self.f.n))
+            v0, label = best.v, f"best point + {scale:.3g}*N(0,1)"
+        else:
+            label, x_np, v_np = self.fresh()
+            x, v0 = torch.from_numpy(x_np), torch.from_numpy(v_np)
+        self.starts += 1
+        lin = Linearization(self.f, x, keep=kink_names(self.kinks))
+        spec = spectral_norm_at(lin, v0, self.clock, iterations=self.power_iterations)
+        if spec is None:
+            return
+        self.samples += 1
+        clear = clear_of_ties(self.kinks, lin.kept)
+        if clear:
+            self.record(spec.sigma, label)
+            self._keep(_Found(spec.sigma, lin.x.detach(), spec.v, label))
+        message = f"lower bound: start {self.starts} ({label}): ||J||_2 >= {spec.sigma:.6g}"
+        if self.climbing and clear and not self.clock.hit:
+            end, tried = climb(self.f, self.kinks, Point(lin, spec), self.clock,
+                               power_iterations=self.power_iterations, max_moves=_CLIMB_MOVES, max_steps=_CLIMB_STEPS,
+                               record=self.record)
+            self.steps += tried
+            if end is not None and end.lin is not lin:
+                self.samples += 1
+                self._keep(_Found(end.spec.sigma, end.lin.x.detach(), end.spec.v, label + ", climbed"))
+                message += f", climbed to {end.spec.sigma:.6g} ({tried} moves tried)"
+        if self.tasks < _FIRST_ROUND:
+            self.say(message)
+
+    def _keep(self, found: _Found) -> None:
+        self.top = sorted([*self.top, found], key=lambda p: -p.sigma)[:_TOP_POINTS]  # stable: ties keep order
+
+    def pair(self) -> None:
+        unused = [p for p in self.top if not p.paired]
+        self.pairs += 1
+        if unused and self.pairs % 2 == 1:
+            p = unused[0]
+            p.paired = True
+            step = _PAIR_STEP * max(float(torch.linalg.vector_norm(p.x)), math.sqrt(self.f.n) * 1e-2)
+            x0, d0, label = p.x, step * p.v, f"Jacobian point {p.label}"
+        else:
+            _, scale, kind = _DISTRIBUTIONS[self.pairs % 2]
+            x_np, y_np = _sample(self.rng, kind, scale, self.f.n), _sample(self.rng, kind, scale, self.f.n)
+            x0, d0, label = torch.from_numpy(x_np), torch.from_numpy(y_np - x_np), "random pair"
+        _, bx, bd, done = ascend(self.f, x0, d0, self.ascent_steps, self.clock)
+        self.steps += done
+        if done == 0:
+            return
+        ratio = measured_ratio(self.f, bx, bd)
+        self.record(ratio, "pair ascent")
+        if self.tasks < _FIRST_ROUND:
+            self.say(f"lower bound: ascent {self.pairs} from {label}: ratio {ratio:.6g}")
+
+    def run(self, max_starts: int | None, max_pairs: int | None) -> bool:
+        """Runs tasks until the budget or the caps end the search; True when it ended by the caps."""
+        if self.affine:  # J is constant: one (converged) sample is the constant
+            max_starts, max_pairs = 1, 0
+        cycle = _CYCLE_PIECEWISE if self.climbing else _CYCLE_SMOOTH
+        while True:
+            starts_left = max_starts is None or self.starts < max_starts
+            pairs_left = max_pairs is None or self.pairs < max_pairs
+            if not (starts_left or pairs_left) or self.clock.hit:
+                break
+            kind = cycle[self.tasks % len(cycle)]
+            if ((kind == "pair" and pairs_left) or (kind != "pair" and starts_left)) and self.clock.expired():
+                break
+            if kind == "pair" and pairs_left:
+                self.pair()
+            elif kind != "pair" and starts_left:
+                self.start(perturb=kind == "perturb")
+            self.tasks += 1
+        return not self.clock.hit
+
+
 def empirical_lower_bound(
     graph: Graph,
     *,
@@ -367,10 +351,11 @@ def empirical_lower_bound(
     time_budget: float = 5.0,
     reference: Reference | None = None,
     progress: Callable[[str], None] | None = None,
-    jacobian_samples: int = 8,
+    jacobian_samples: int | None = None,
     power_iterations: int = 50,
-    ascent_restarts: int = 4,
+    ascent_restarts: int | None = None,
     ascent_steps: int = 100,
+    max_steps: int | None = None,
 ) -> LowerBound:
     """A true lower bound on the L2 Lipschitz constant of ``graph`` (float outputs w.r.t. float inputs).
 
@@ -379,10 +364,16 @@ def empirical_lower_bound(
     budget ran out. ``reference(float_inputs) -> outputs`` runs the real model (onnxruntime) on the float
     inputs (in ``graph.inputs`` order, each in its own dtype; integer inputs are the runner's to fill, with
     zeros like the evaluator) and returns all graph outputs in ``graph.outputs`` order.
-    The wall-clock ``time_budget`` is checked before every power iteration and ascent step, so it can be
-    overshot by one step (plus the reference check and one evaluator construction).
+
+    The search runs until the wall-clock ``time_budget`` (less a small margin) is used, unless both
+    ``jacobian_samples`` (starts) and ``ascent_restarts`` (pair ascents) are capped, or the graph is affine
+    (one sample is exact). Every step is granted by :class:`~lipcheck.bound.jacobian.Clock`, which predicts its
+    cost (the first from the measured forward pass), so the budget is kept; the set-up (the reference check,
+    the evaluator) is estimated before it starts. ``max_steps`` caps the steps (the run is then the same on any
+    machine, see the module docstring). ``completed`` is False when the budget ended the search before its first
+    round of tasks (or before the caps were reached).
     """
-    clock = _Clock(deadline=time.perf_counter() + time_budget, start=time.perf_counter())
+    clock = Clock(time_budget, margin=_margin(time_budget), max_steps=max_steps)
     say = progress or (lambda _msg: None)
 
     def result(value: float | None, note: str | None, *, samples: int = 0, steps: int = 0,
@@ -399,7 +390,7 @@ def empirical_lower_bound(
     if not any(_is_float(i) for i in graph.inputs):
         return result(None, "no lower bound: the model has no float input")
     evaluator = TorchEvaluator(graph, dtype=torch.float64)
-    f = _Flat(graph, evaluator)
+    f = Flat(graph, evaluator)
     if not f.out_index:
         return result(None, "no lower bound: the model has no float output")
     notes: list[str] = []
@@ -412,42 +403,24 @@ def empirical_lower_bound(
     if too_costly is not None:
         return result(None, too_costly)
 
-    # every random draw in one fixed order (the points, then the pairs), each made when first needed: where the
-    # budget stops cannot change what is drawn, and only the vectors in use are held (a few of the input's size)
-    rng = np.random.default_rng(seed)
-    n_points = max(jacobian_samples, 1)
-    drawn: list[tuple[str, np.ndarray, np.ndarray] | None] = []
-
-    def point(k: int) -> tuple[str, np.ndarray, np.ndarray]:
-        while len(drawn) <= k:
-            label, scale, kind = _DISTRIBUTIONS[len(drawn) % len(_DISTRIBUTIONS)]
-            drawn.append((label, _sample(rng, kind, scale, n), _unit(rng.standard_normal(n))))
-        item = drawn[k]
-        assert item is not None
-        drawn[k] = None  # the caller holds it now
-        return item
-
-    def random_pair(k: int) -> tuple[np.ndarray, np.ndarray]:
-        while len(drawn) < n_points:  # the points come first in the stream
-            point(len(drawn))
-        _, scale, kind = _DISTRIBUTIONS[k % 2]
-        return _sample(rng, kind, scale, n), _sample(rng, kind, scale, n)
-
+    # every random draw in one fixed order (task order), each made when first needed: where the budget stops
+    # cannot change what is drawn, and only the vectors in use are held (a few of the input's size)
+    search = _Search(f, graph, np.random.default_rng(seed), clock, say, power_iterations=power_iterations,
+                     ascent_steps=ascent_steps)
     rel_error: float | None = None
     if reference is not None:
         say("lower bound: checking the torch evaluator against the reference runtime")
         tol = reference_tolerance(graph)
         try:
-            first = point(0)
-            drawn[0] = first  # still to be used by the first Jacobian sample
-            rel_error = _check_reference(f, first[1], reference)
+            search.first = search.fresh()  # checked here, then the first start
+            rel_error = _check_reference(f, search.first[1], reference)
         except LipcheckError as exc:
             return result(None, f"no lower bound: the torch evaluator failed ({exc})")
         except Exception as exc:  # noqa: BLE001 - the reference runtime's own errors
             return result(None, f"no lower bound: the reference runtime failed ({type(exc).__name__}: {exc})")
         # a Jacobian step (jvp + vjp) costs about three forward passes: the first step's expected cost, so that
         # a budget the set-up has nearly used is not overrun by a step on a large model
-        clock.step = max(clock.step, _STEP_FORWARDS * f.forward_seconds)
+        clock.first_step = _STEP_FORWARDS * f.forward_seconds
         if not rel_error <= tol:  # also NaN / inf
             return result(
                 None,
@@ -457,65 +430,32 @@ def empirical_lower_bound(
                 rel_error=rel_error,
             )
 
-    best = math.nan
-    samples_done = 0
-    steps_done = 0
-    stage = "the Jacobian sampling"
-    jac_points: list[_JacobianPoint] = []
+    # autograd's first backward with a given gradient imports torch.fx's symbolic shapes (~0.3-0.5 s, once per
+    # process): paid here, in the set-up, it does not make the clock predict every later step that slow
+    probe = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    torch.autograd.grad(probe * 1.0, probe, torch.ones(1, dtype=torch.float64))
+    capped = False
     try:
-        # (a) Jacobian norms at random points
-        for k in range(jacobian_samples):
-            if clock.expired(clock.step):
-                break
-            label, x_np, v_np = point(k)
-            x, v0 = torch.from_numpy(x_np), torch.from_numpy(v_np)
-            sigma, v_top, _ = _jacobian_norm(f, x, v0, power_iterations, clock)
-            samples_done += 1
-            if math.isfinite(sigma):
-                jac_points.append(_JacobianPoint(x, sigma, v_top, label))
-                jac_points = sorted(jac_points, key=lambda p: -p.sigma)[:2]  # stable: the same two as at the end
-                best = sigma if not best >= sigma else best
-            say(f"lower bound: Jacobian sample {k + 1}/{jacobian_samples} ({label}): ||J||_2 >= {sigma:.6g}")
-
-        # (b) ascent on the ratio over pairs
-        stage = "the gradient ascent"
-        starts: list[tuple[torch.Tensor, torch.Tensor, str]] = []
-        for p in sorted(jac_points, key=lambda p: -p.sigma)[:2]:
-            step = _PAIR_STEP * max(float(torch.linalg.vector_norm(p.x)), math.sqrt(n) * 1e-2)
-            starts.append((p.x, step * p.v_top, f"Jacobian point {p.label}"))
-        total = min(ascent_restarts, len(starts) + max(ascent_restarts, 1))
-        for k in range(total):
-            if clock.expired(clock.step):
-                break
-            if k < len(starts):
-                x0, d0, label = starts[k]
-            else:
-                x_np, y_np = random_pair(k - len(starts))
-                x0, d0, label = torch.from_numpy(x_np), torch.from_numpy(y_np - x_np), "random pair"
-            _, bx, bd, done = _ascend(f, x0, d0, ascent_steps, clock)
-            steps_done += done
-            ratio = _measured_ratio(f, bx, bd)
-            if math.isfinite(ratio):
-                best = ratio if not best >= ratio else best
-            say(f"lower bound: ascent {k + 1}/{total} from {label}: ratio {ratio:.6g}")
+        capped = search.run(jacobian_samples, ascent_restarts)
     except Exception as exc:  # noqa: BLE001 - keep what was measured; say why it stopped
-        notes.append(f"stopped during {stage}: {type(exc).__name__}: {exc}")
-    completed = not clock.hit
+        notes.append(f"stopped during task {search.tasks + 1}: {type(exc).__name__}: {exc}")
+    best = search.best
+    completed = capped or search.tasks >= _FIRST_ROUND
     if not completed:
         notes.append(
-            f"time budget of {time_budget:g} s ran out after {samples_done}/{jacobian_samples} "
-            f"Jacobian samples and {steps_done}/{ascent_restarts * ascent_steps} ascent steps (a larger "
-            "budget can raise the value, and a run cut short by the budget may not reproduce exactly)"
+            f"time budget of {time_budget:g} s ran out after {search.samples} Jacobian samples and "
+            f"{search.steps} ascent steps, within the search's first {_FIRST_ROUND} tasks (the value is that "
+            "of the seeded search's first steps: a larger budget can only raise it)"
         )
     value = best if math.isfinite(best) else None
     if value is None:
         hint = ""
-        if clock.hit and clock.step > 0:
-            need = math.ceil(clock.elapsed + 2 * clock.step)
+        if clock.hit and clock.step_seconds > 0:
+            need = math.ceil(clock.elapsed + 2 * clock.step_seconds + _margin(time_budget) + 1)
             hint = (f" (the set-up took {clock.elapsed:.1f} s and one step of this model takes about "
-                    f"{clock.step:.1f} s: --lower-bound-seconds {need} or more measures something)")
+                    f"{clock.step_seconds:.1f} s: --lower-bound-seconds {need} or more measures something)")
         notes.insert(0, "no lower bound: nothing was measured within the budget" + hint)
-    say(f"lower bound: {value if value is not None else 'none'} in {clock.elapsed:.2f} s")
-    return result(value, "; ".join(notes) or None, samples=samples_done, steps=steps_done,
+    say(f"lower bound: {value if value is not None else 'none'} in {clock.elapsed:.2f} s "
+        f"({clock.steps} search steps, {search.tasks} tasks)")
+    return result(value, "; ".join(notes) or None, samples=search.samples, steps=search.steps,
                   completed=completed, rel_error=rel_error)
-

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -1093,6 +1093,11 @@ class TorchEvaluator:
         return {name: t.numpy().copy() for name, t in self._fixed.items()}
 
     def __call__(self, *float_inputs: Tensor) -> list[Tensor]:
+        return self.run(*float_inputs)[0]
+
+    def run(self, *float_inputs: Tensor, keep: Collection[str] = ()) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """The graph outputs, and the intermediate tensors named in ``keep`` (e.g. an activation's input, for
+        the activation-region search of the lower bound); a name no node computes is left out."""
         g = self.graph
         if self.unsupported:
             node, reason = self.unsupported[0]
@@ -1126,6 +1131,6 @@ class TorchEvaluator:
                     raise EvaluationError(node, f"output #{i} ({name!r}) is not computed by the evaluator")
                 env[name] = outs[i]
         try:
-            return [env[o.name] for o in g.outputs]
+            return [env[o.name] for o in g.outputs], {k: env[k] for k in keep if k in env}
         except KeyError as exc:
             raise LipcheckError(f"graph output {exc.args[0]!r} is not computed by any node") from None

@@ -217,6 +217,20 @@ ToleranceOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(min=0, help="Random seed (power iteration starts, lower-bound search).")]
 ExactLimitOpt = Annotated[int, typer.Option(min=0, help="Largest operator size for which σ exact is computed.")]
 NoExactOpt = Annotated[bool, typer.Option("--no-exact", help="Skip σ exact for every layer.")]
+
+
+class Method(str, Enum):
+    """``--method``: the composition methods (lipcheck.bound.methods.choose)."""
+
+    AUTO = "auto"
+    PRODUCT = "product"
+    LIPSDP = "lipsdp"
+
+
+_METHOD_HELP = ("How the certified bound is composed: product (AutoLip, per-layer norms multiplied), lipsdp (also "
+                "LipSDP-Neuron on an MLP chain, verified), auto (also lipsdp on chains of at most 1024 hidden "
+                "neurons). The report shows every method's value; the bound is the least.")
+MethodOpt = Annotated[Method, typer.Option("--method", case_sensitive=False, help=_METHOD_HELP)]
 _FORCE_HELP = ("Lift the resource limits: analyse inputs above 2^31 elements and run every stage however much "
                "memory or time it is estimated to take (default: such stages are skipped with the reason).")
 ForceOpt = Annotated[bool, typer.Option("--force", "--no-resource-limits", help=_FORCE_HELP)]
@@ -410,6 +424,7 @@ def analyze(
     seed: SeedOpt = 0,
     exact_limit: ExactLimitOpt = 2_000_000,
     no_exact: NoExactOpt = False,
+    method: MethodOpt = Method.AUTO,
     no_lower_bound: Annotated[
         bool, typer.Option("--no-lower-bound", help="Skip the empirical lower bound.")
     ] = False,
@@ -468,6 +483,7 @@ def analyze(
                 exact_limit=0 if no_exact else exact_limit,
                 lower_bound=not no_lower_bound,
                 lower_bound_seconds=lower_bound_seconds,
+                method=method.value,
                 progress=observer,
                 trust_pickle=trust_pickle,
                 arch=arch,
@@ -542,6 +558,7 @@ def normalize(
     seed: SeedOpt = 0,
     exact_limit: ExactLimitOpt = 2_000_000,
     no_exact: NoExactOpt = False,
+    method: MethodOpt = Method.AUTO,
     progress: ProgressOpt = None,
     threads: ThreadsOpt = None,
     arch: ArchOpt = None,
@@ -570,7 +587,7 @@ def normalize(
                 model, out, target=target, exact=exact, global_target=global_target, layers=names,
                 dry_run=dry_run, in_place=in_place, input_shape=shapes, power_iterations=power_iterations,
                 tolerance=tolerance, seed=seed, exact_limit=0 if no_exact else exact_limit, progress=observer,
-                trust_pickle=trust_pickle, arch=arch, arch_kwargs=kwargs, key=key,
+                trust_pickle=trust_pickle, arch=arch, arch_kwargs=kwargs, key=key, method=method.value,
             )
         finally:
             if observer is not None:
@@ -746,6 +763,11 @@ def check(
     no_exact: Annotated[
         bool, typer.Option("--no-exact", help="Skip σ exact for every layer.", rich_help_panel=_ANALYSIS_PANEL)
     ] = False,
+    method: Annotated[
+        Method | None,
+        typer.Option("--method", case_sensitive=False, show_default=False, rich_help_panel=_ANALYSIS_PANEL,
+                     help=_METHOD_HELP + " Default auto."),
+    ] = None,
     jobs: Annotated[
         str | None,
         typer.Option("--jobs", "-j", metavar="N", envvar="LIPCHECK_JOBS", show_default=False,
@@ -821,6 +843,7 @@ def check(
             seed=seed,
             exact_limit=exact_limit,
             exact=False if no_exact else None,
+            method=method.value if method is not None else None,
             lower_bound=lower_bound,
             lower_bound_seconds=lower_bound_seconds,
             arch=arch,

@@ -1,6 +1,7 @@
 """Baselines: a saved JSON report, and the layer-by-layer comparison of two reports.
 
-A baseline file is what ``lipcheck analyze --format json`` prints (schema_version 1); ``lipcheck check
+A baseline file is what ``lipcheck analyze --format json`` prints (schema_version 2, or 1 from before the
+methods); ``lipcheck check
 --format json`` output is accepted too (one model, or several: the entry whose ``model`` matches is used).
 Only what a comparison needs is read (:class:`Snapshot`): the certified bound and each layer's certified σ,
 keyed by layer name. Growth is computed from the printed (4 significant digit) values, see
@@ -25,6 +26,9 @@ from lipcheck.gate.rounding import growth_percent, printed
 from lipcheck.readlimits import MAX_BASELINE_BYTES, FileLimitError, read_limited_text
 from lipcheck.report.model import SCHEMA_VERSION, Report
 from lipcheck.report.numbers import format_number
+
+# 1 (before report.bounds) and 2 (now) hold the same keys a baseline reads
+READABLE_SCHEMA_VERSIONS = (1, SCHEMA_VERSION)
 
 __all__ = [
     "BaselineError",
@@ -216,7 +220,7 @@ def snapshot_from_json(data: Any, source: str, model: str | None = None) -> Snap
             )
         return snapshot_from_json(matches[0], source)
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         raise BaselineError(f"{source}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
     missing = [key for key in ("model", "upper_bound", "certified", "layers") if key not in data]
     if missing:

@@ -79,6 +79,7 @@ class ModelOptions:
     seed: int | None = None
     exact_limit: int | None = None
     exact: bool | None = None
+    method: str | None = None  # auto, product or lipsdp (lipcheck.bound.methods.choose)
     lower_bound: bool | None = None
     lower_bound_seconds: float | None = None
     arch: str | None = None
@@ -255,6 +256,15 @@ def _input_shape(value: Any, where: _Where) -> InputShapes:
     return _one_shape(value, where)
 
 
+def _method(value: Any, where: _Where) -> str:
+    """``method = "auto"``, ``"product"`` or ``"lipsdp"`` (any case)."""
+    from lipcheck.bound.methods.choose import METHODS
+
+    if not isinstance(value, str) or value.strip().lower() not in METHODS:
+        raise where.error(f"expected one of {', '.join(repr(m) for m in METHODS)}, got {value!r}")
+    return value.strip().lower()
+
+
 def _jobs(value: Any, where: _Where) -> int:
     """``jobs = 2``, or ``0`` / ``"auto"`` for one process per CPU (kept as 0)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
@@ -278,6 +288,7 @@ _OPTION_KEYS: dict[str, tuple[str, Parser]] = {
     "seed": ("seed", _integer(0)),
     "exact-limit": ("exact_limit", _integer(0)),
     "exact": ("exact", _boolean),
+    "method": ("method", _method),
     "lower-bound": ("lower_bound", _boolean),
     "lower-bound-seconds": ("lower_bound_seconds", _number(0.0, strict=False)),
     "arch": ("arch", _arch),

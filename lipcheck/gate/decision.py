@@ -151,11 +151,17 @@ def _percent(value: float | None) -> str:
 # --------------------------------------------------------------------------------------------- checks
 
 
+def _shown_bound(report: Report) -> str:
+    """The certified bound as printed, with the method that gave it when the report records one: ``5.308 (lipsdp)``."""
+    method = report.method
+    return format_number(report.upper_bound) + (f" ({method})" if method else "")
+
+
 def _certified(report: Report, thresholds: Thresholds) -> CheckResult:
     if report.certified and report.upper_bound is not None:
         value = printed(report.upper_bound)
         return CheckResult(CheckKind.CERTIFIED, Outcome.PASSED,
-                           f"certified upper bound {format_number(report.upper_bound)}", value=value)
+                           f"certified upper bound {_shown_bound(report)}", value=value)
     if report.unbounded:
         nodes = ", ".join(f"{u.node} ({u.op})" for u in report.unbounded[:5])
         more = f" and {len(report.unbounded) - 5} more" if len(report.unbounded) > 5 else ""
@@ -177,7 +183,7 @@ def _max_lipschitz(report: Report, limit: float) -> CheckResult:
         return CheckResult(CheckKind.MAX_LIPSCHITZ, Outcome.SKIPPED,
                            f"no certified upper bound to compare with {text_limit}", limit=limit)
     value = printed(report.upper_bound)
-    shown = format_number(report.upper_bound)
+    shown = _shown_bound(report)
     if should_fail(report.upper_bound, limit):
         message = f"certified upper bound {shown} > {text_limit}"
         return CheckResult(CheckKind.MAX_LIPSCHITZ, Outcome.FAILED, message, value=value, limit=limit,

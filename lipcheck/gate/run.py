@@ -49,6 +49,7 @@ class AnalysisOptions:
     jobs: int = 1  # 0 = one process per CPU
     cache_dir: str | None = None
     force: bool = False  # lift the resource limits (lipcheck.budget)
+    method: str = "auto"  # the composition methods (lipcheck.bound.methods.choose)
 
     def kwargs(self) -> dict[str, Any]:
         return {
@@ -65,6 +66,7 @@ class AnalysisOptions:
             "jobs": self.jobs,
             "cache_dir": self.cache_dir,
             "force": self.force,
+            "method": self.method,
         }
 
 
@@ -101,6 +103,7 @@ def _target(path: str, name: str, options: ModelOptions) -> Target:
         jobs=_or(options.jobs, defaults.jobs),
         cache_dir=options.cache,
         force=bool(options.force),
+        method=_or(options.method, defaults.method),
     )
     thresholds = Thresholds(
         max_lipschitz=options.max_lipschitz,

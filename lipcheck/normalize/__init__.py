@@ -27,6 +27,10 @@ __all__ = ["NormalizeResult", "PlanError", "VerificationError", "normalize"]
 
 _TOLERANCE = 1e-9  # the re-analysed certificate may exceed the plan's σ·factor by this much (relative)
 _AGREEMENT = 1e-4  # ... and must agree with it to this (else the writer did not scale what the plan said)
+# lipsdp: a fresh run of its multiplier search lands within ~5e-4 (relative) of another on scaled or re-rounded
+# weights (measured), so a global target it meets is aimed this far below, and checked by a run on the scaled weights
+LIPSDP_SAFETY = 2e-3
+_LIPSDP_REPLANS = 3
 
 
 class VerificationError(GateFailure):
@@ -55,6 +59,7 @@ class NormalizeResult:
     bound_after: float | None = None  # the re-analysed certified bound of the written model
     verified: bool = False
     notes: tuple[str, ...] = ()
+    method: str = "auto"  # the composition methods of every bound here (lipcheck.bound.methods.choose)
 
     def to_dict(self) -> dict[str, Any]:
         p = self.plan
@@ -64,6 +69,7 @@ class NormalizeResult:
             "out": self.out,
             "dry_run": self.dry_run,
             "mode": p.mode,
+            "method": self.method,
             "target": p.target,
             "bound_before": p.bound_before,
             "bound_planned": p.bound_after,
@@ -131,6 +137,7 @@ def normalize(
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     key: str | None = None,
+    method: str = "auto",
 ) -> NormalizeResult:
     """Plan, write and verify a spectrally normalized copy of ``model`` (an ONNX or PyTorch file) at ``out``.
 
@@ -138,13 +145,21 @@ def normalize(
     ``target``; ``global_target`` scales the (selected, ``layers``) layers by one common factor so that the
     model's certified bound ends ≤ it. Raises :class:`VerificationError` (nothing written) when the written
     copy, analysed again, misses; :class:`PlanError` when no scaling can meet the target.
+
+    ``method`` composes every bound (before, planned, verified) as :func:`lipcheck.analyze` does: the least of the
+    product's and, where it applies, lipsdp's. lipsdp's value after scaling is predicted by its homogeneity
+    (:func:`~lipcheck.bound.methods.choose.scaled_lipsdp`); with ``global_target`` the plan is then checked by a
+    lipsdp run on the scaled weights (and re-planned below what it gives), and the written copy is re-analysed with
+    the same method.
     """
+    from lipcheck.bound.methods.choose import check_method, lipsdp_result, scaled_lipsdp
     from lipcheck.bound.walker import compose, walk
     from lipcheck.ir.canonicalize import fold_batchnorm
     from lipcheck.loaders import TorchOptions, load_model
     from lipcheck.report.model import Settings
 
     progress = progress or NullProgress()
+    method = check_method(method)
     source = Path(model)
     if exact and global_target is not None:
         raise UsageError("--exact and --global-target are two different policies: choose one")
@@ -167,24 +182,44 @@ def normalize(
                         lower_bound=False, lower_bound_seconds=0.0)
     graph = fold_batchnorm(load_model(str(source), input_shape=input_shape, torch_options=options))
     walked = walk(graph, settings, progress)
+    sdp, sdp_note = lipsdp_result(graph, method)
+    sdp_value = sdp.value if sdp is not None and sdp.certified and sdp.value is not None else None
+    correction = 1.0  # measured / predicted lipsdp value on the scaled weights (≥ 1 once measured)
 
     def bound(scales: dict[str, float]) -> float:
-        return compose(graph, walked, scales)
+        product = compose(graph, walked, scales)
+        if sdp_value is None:
+            return product
+        return min(product, scaled_lipsdp(sdp_value * correction, graph, scales))
 
     before = bound({})
     dtypes = {str(getattr(v, "dtype", "")) for v in graph.constants.values()}
     safety = max([SAFETY, *(HALF_SAFETY[d] for d in dtypes if d in HALF_SAFETY)])
+    method_notes = [sdp_note] if sdp_note else []
     if global_target is not None:
+        if sdp_value is not None:
+            safety = max(safety, LIPSDP_SAFETY)
         plan = plan_global(walked.layers, global_target, bound, only=layers, safety=safety)
+        for _ in range(_LIPSDP_REPLANS if sdp_value is not None else 0):
+            measured = _lipsdp_after(graph, plan, method)
+            predicted = scaled_lipsdp(sdp_value * correction, graph, _node_factors(plan))  # type: ignore[operator]
+            if measured is None or plan.bound_after is None or plan.bound_after < predicted:
+                break  # lipsdp is not what meets the target (the product is lower)
+            method_notes.append(f"lipsdp re-run on the planned weights: {measured:.6g} (predicted {predicted:.6g})")
+            if measured <= global_target * (1 - 0.5 * LIPSDP_SAFETY):  # room for the re-analysis' own run
+                break
+            correction *= measured / predicted
+            plan = plan_global(walked.layers, global_target, bound, only=layers, safety=safety)
     else:
         plan = plan_per_layer(walked.layers, target, exact=exact, bound=bound,
                               bound_before=None if math.isinf(before) else before, safety=safety)
     if dry_run or dest is None:
         progress.finish()
-        return NormalizeResult(model=str(model), out=None, plan=plan, dry_run=True)
-    notes: tuple[str, ...] = ()
+        return NormalizeResult(model=str(model), out=None, plan=plan, dry_run=True, notes=tuple(method_notes),
+                               method=method)
+    notes: tuple[str, ...] = tuple(method_notes)
     if not plan.factors:
-        notes = ("every layer already meets the target: the output is a copy with unchanged weights",)
+        notes += ("every layer already meets the target: the output is a copy with unchanged weights",)
 
     shown = str(model) if out is None else os.fspath(out)
     try:
@@ -193,7 +228,7 @@ def normalize(
             progress.start(0, "writing")
             written = _write(source, staged, plan.factors, options)
             progress.start(0, "verifying the written model")
-            result = _verify(staged, plan, settings, input_shape, options, global_target, target)
+            result = _verify(staged, plan, settings, input_shape, options, global_target, target, method)
             progress.start(0, "moving the written model into place")
     except OSError as exc:  # a full or read-only disk, no permission, a FIFO created meanwhile...
         raise _write_error(shown, exc, dest) from exc
@@ -202,8 +237,21 @@ def normalize(
     sigma_after, bound_after = result
     return NormalizeResult(
         model=str(model), out=shown, plan=plan, dry_run=False, written=tuple(written),
-        sigma_after=sigma_after, bound_after=bound_after, verified=True, notes=notes,
+        sigma_after=sigma_after, bound_after=bound_after, verified=True, notes=notes, method=method,
     )
+
+
+def _node_factors(plan: Plan) -> dict[str, float]:
+    """layer (node) name -> the factor its weight gets."""
+    return {r.name: r.factor for r in plan.layers if r.param is not None}
+
+
+def _lipsdp_after(graph: Any, plan: Plan, method: str) -> float | None:
+    """lipsdp's certified value on the graph with the plan's factors applied in memory (None: none)."""
+    from lipcheck.bound.methods.choose import lipsdp_result, scale_graph
+
+    result, _ = lipsdp_result(scale_graph(graph, _node_factors(plan)), method)
+    return result.value if result is not None and result.certified else None
 
 
 def _check_out(out: Path, source: Path, dest: Path) -> None:
@@ -253,6 +301,7 @@ def _verify(
     options: Any,
     global_target: float | None,
     target: float,
+    method: str = "auto",
 ) -> tuple[dict[str, float], float | None]:
     """Analyse the written copy: every layer as planned, and the target met; else VerificationError."""
     from lipcheck.bound.analysis import analyze
@@ -261,6 +310,7 @@ def _verify(
         staged, input_shape=input_shape, power_iterations=settings.power_iterations, tolerance=settings.tolerance,
         seed=settings.seed, exact_limit=settings.exact_limit, lower_bound=False, trust_pickle=options.trust_pickle,
         arch=options.arch, arch_kwargs=dict(options.arch_kwargs) if options.arch_kwargs else None, key=options.key,
+        method=method,
     )
     after = {layer.name: layer.sigma_upper for layer in report.layers}
     problems = []

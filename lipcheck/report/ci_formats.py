@@ -241,6 +241,8 @@ def _bound_cell(report: Report, verdict: Verdict) -> str:
     text = format_number(report.upper_bound)
     if check is not None and check.limit is not None:
         text += f" {'>' if check.failed else '≤'} {format_limit(check.limit)}"
+    if report.method:
+        text += f" ({report.method})"
     return _cell(check, text)
 
 
@@ -391,6 +393,7 @@ def render_check_junit(run: CheckRun) -> str:
         for key, value in (
             ("model", report.model),
             ("upper_bound", format_number(report.upper_bound, none="unbounded")),
+            ("upper_bound_method", report.method or "none"),
             ("estimate", format_number(report.estimate, none="unbounded")),
             ("lower_bound", format_number(report.lower_bound.value if report.lower_bound else None, none="none")),
             ("lipcheck_version", report.lipcheck_version),

@@ -72,6 +72,8 @@ def _power_gap(layer: LayerResult, notes: Footnotes) -> str:
 
 
 def _cumulative(layer: LayerResult, notes: Footnotes) -> str:
+    """The product (AutoLip) method's certified bound of this layer's output, whatever method gives the model's
+    bound: the other methods (lipsdp) bound the whole model only."""
     return format_number(layer.cumulative_upper, none=UNBOUNDED)
 
 
@@ -95,7 +97,7 @@ class Column(Enum):
         "σ upper (certified)", "right", lambda layer, _: format_number(layer.sigma_upper)
     )
     POWER_GAP = ColumnSpec("Power gap", "right", _power_gap)
-    CUMULATIVE = ColumnSpec("Cumulative bound", "right", _cumulative)
+    CUMULATIVE = ColumnSpec("Cumulative bound", "right", _cumulative)  # the product's (see _cumulative)
 
     @property
     def header(self) -> str:

@@ -6,7 +6,9 @@
 - ``markdown``: a GitHub-flavoured table and summary, for pasting into a pull request.
 
 The per-layer columns are defined once in :mod:`lipcheck.report.columns`; the summary is built once in
-:func:`summarize`; every number goes through :func:`format_number` (4 significant digits). When a layer
+:func:`summarize`; every number goes through :func:`format_number` (4 significant digits). Under "Certified
+upper bound" (which names the method that gave it) one indented line per composition method in ``report.bounds``:
+its certified value, or why it has none, and its time. When a layer
 carries a spectral-norm audit, the table and markdown add a "Spectral-norm audit" section after the
 layer table (its columns: :class:`AuditColumn`; its sentence: ``Report.spectral_norm_audit``).
 
@@ -41,7 +43,7 @@ from lipcheck.report.columns import (
     format_shape,
     layer_rows,
 )
-from lipcheck.report.model import WEIGHT_NORM, Report
+from lipcheck.report.model import WEIGHT_NORM, BoundResult, Report
 from lipcheck.report.text import markdown_text, safe_text
 
 __all__ = [
@@ -64,6 +66,8 @@ ESTIMATE_LABEL = "Estimate (power iteration, NOT a certificate)"
 LOWER_LABEL = "Empirical lower bound"
 RATIO_LABEL = "Ratio upper/lower"
 AUDIT_TITLE = "Spectral-norm audit"
+# how each composition method (report.bounds) is named under the certified upper bound
+METHOD_LABELS = {"product": "product (AutoLip)", "lipsdp": "lipsdp (LipSDP-Neuron, verified)"}
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -74,6 +78,7 @@ class Fact:
     label: str
     value: str
     warning: bool = False  # printed in red on a terminal
+    sub: bool = False  # a detail of the fact above it (one composition method's value): indented
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,24 @@ def _seconds(value: float) -> str:
     return f"{format_number(value)} s"
 
 
+def method_seconds(value: float) -> str:
+    """A method's time, to the hundredth of a second (timings are not reproducible to more)."""
+    return f"{value:.2f} s" if value < 100 else f"{value:.0f} s"
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def _method_fact(bound: BoundResult) -> Fact:
+    """One composition method's line under the certified upper bound: its value (or why it has none) and time."""
+    if bound.certified and bound.value is not None:
+        value = format_number(bound.value)
+    else:
+        value = f"none ({bound.detail.get('reason', 'not certified')})"
+    return Fact(method_label(bound.method), f"{value} ({method_seconds(bound.seconds)})", sub=True)
+
+
 def _upper_fact(report: Report) -> Fact:
     if report.upper_bound is None:
         n = len(report.unbounded)
@@ -101,7 +124,8 @@ def _upper_fact(report: Report) -> Fact:
         return Fact(UPPER_LABEL, UNBOUNDED + why, warning=True)
     if not report.certified:
         return Fact(UPPER_LABEL, f"{format_number(report.upper_bound)} (NOT certified)", warning=True)
-    return Fact(UPPER_LABEL, format_number(report.upper_bound))
+    method = report.method
+    return Fact(UPPER_LABEL, format_number(report.upper_bound) + (f" ({method})" if method else ""))
 
 
 def _lower_fact(report: Report) -> Fact:
@@ -185,6 +209,7 @@ def summarize(report: Report, footnotes: Footnotes | None = None) -> Summary:
         f"power iterations {s.power_iterations}, tolerance {s.tolerance:g}, seed {s.seed}, "
         f"exact limit {s.exact_limit}, lower bound "
         + (f"{_seconds(s.lower_bound_seconds)} budget" if s.lower_bound else "off")
+        + f", method {s.method}"
     )
     inputs = ", ".join(f"{i.name} {format_shape(i.shape)} {i.dtype}" for i in report.inputs) or "none"
     version = f"lipcheck {report.lipcheck_version}".rstrip()
@@ -193,6 +218,7 @@ def summarize(report: Report, footnotes: Footnotes | None = None) -> Summary:
         inputs=inputs,
         facts=[
             _upper_fact(report),
+            *(_method_fact(bound) for bound in report.bounds),
             Fact(ESTIMATE_LABEL, format_number(report.estimate, none=UNBOUNDED)),
             _lower_fact(report),
             _ratio_fact(report),
@@ -251,11 +277,11 @@ def table_renderables(report: Report) -> list[RenderableType]:
         out.extend(_text(line.value, style="bold red" if line.warning else "") for line in summary.audit_lines)
 
     out.append(Text(""))
-    label_width = max(len(fact.label) for fact in summary.facts) + 2
+    label_width = max(len(fact.label) + (2 if fact.sub else 0) for fact in summary.facts) + 2
     for fact in summary.facts:
         out.append(
             Text.assemble(
-                (fact.label.ljust(label_width), "bold"),
+                (("  " + fact.label).ljust(label_width), "") if fact.sub else (fact.label.ljust(label_width), "bold"),
                 (safe_text(fact.value), "bold red" if fact.warning else ""),
             )
         )
@@ -309,7 +335,7 @@ def _finite(obj: Any) -> Any:
 
 
 def render_json(report: Report) -> str:
-    """Exactly one JSON object: ``Report.to_dict()`` (schema_version 1) with NaN/Inf as null."""
+    """Exactly one JSON object: ``Report.to_dict()`` (schema_version 2) with NaN/Inf as null."""
     return json.dumps(_finite(report.to_dict()), indent=2, allow_nan=False) + "\n"
 
 
@@ -346,7 +372,7 @@ def render_markdown(report: Report) -> str:
             lines.extend([f"**{_md(line.value)}**" if line.warning else _md(line.value), ""])
     for fact in summary.facts:
         value = f"**{_md(fact.value)}**" if fact.label == UPPER_LABEL else _md(fact.value)
-        lines.append(f"- {fact.label}: {value}")
+        lines.append(f"{'  ' if fact.sub else ''}- {_md(fact.label)}: {value}")
     for title, items in summary.sections:
         lines.extend(["", f"**{title}**", ""])
         lines.extend(f"- {_md(item)}" for item in items)

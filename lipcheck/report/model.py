@@ -8,12 +8,13 @@ bound (never below the truth). ``None`` means "not computed" (exact skipped) or 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lipcheck.report.numbers import format_number, format_percent
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: "method" and "bounds" (one entry per composition method); otherwise as 1
 SPECTRAL_NORM = "spectral_norm"
 WEIGHT_NORM = "weight_norm"
 LIPSCHITZ_TOLERANCE = 1e-6  # a spectrally normalized layer with a constant above 1 + this is "not 1-Lipschitz"
@@ -97,7 +98,7 @@ class LayerResult:
     upper_method: str
     sigma_reshaped: float | None
     lipschitz: float  # the layer's own certified Lipschitz constant (= sigma_upper)
-    cumulative_upper: float | None  # certified bound of this layer's output w.r.t. the model input
+    cumulative_upper: float | None  # certified bound of this layer's output w.r.t. the model input (product method)
     cumulative_estimate: float | None  # the same composed from power estimates
     audit: SpectralNormAudit | None = None  # set when the layer came from a spectral/weight-norm checkpoint
 
@@ -143,6 +144,20 @@ class LowerBound:
 
 
 @dataclass(frozen=True)
+class BoundResult:
+    """One composition method's result (:mod:`lipcheck.bound.methods`): ``value`` is a certified upper bound on the
+    model's L2 Lipschitz constant when ``certified`` is True, and ``None`` when the method gave none (unbounded, not
+    applicable, no certificate: ``detail["reason"]`` says why). ``seconds``: the method's own time (the product's
+    includes bounding every layer)."""
+
+    method: str  # "product" (AutoLip) or "lipsdp" (LipSDP-Neuron, verified)
+    value: float | None
+    seconds: float
+    certified: bool
+    detail: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
 class InputInfo:
     name: str
     shape: tuple[int, ...]
@@ -157,6 +172,7 @@ class Settings:
     exact_limit: int = 2_000_000
     lower_bound: bool = True
     lower_bound_seconds: float = 5.0
+    method: str = "auto"  # the composition methods asked for: auto, product or lipsdp (lipcheck.bound.methods)
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,15 @@ class Report:
     notes: tuple[str, ...] = ()
     settings: Settings = field(default_factory=Settings)
     lipcheck_version: str = ""
+    bounds: tuple[BoundResult, ...] = ()  # every composition method's result; upper_bound is the least certified
+
+    @property
+    def method(self) -> str | None:
+        """The method whose certified value is ``upper_bound`` (None when unbounded, or when no method is recorded)."""
+        if self.upper_bound is None:
+            return None
+        tight = [b for b in self.bounds if b.certified and b.value is not None and b.value == self.upper_bound]
+        return tight[0].method if tight else None
 
     @property
     def input_shape(self) -> list[Any]:
@@ -239,7 +264,7 @@ class Report:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON schema (schema_version 1), documented in the README.
+        """The JSON schema (schema_version 2), documented in the README.
 
         The per-layer ``audit`` and the top-level ``spectral_norm_audit`` keys are present only when some
         layer carries an audit (the model came from a spectral_norm / weight_norm checkpoint), so that the
@@ -256,6 +281,11 @@ class Report:
             "inputs": [asdict(i) | {"shape": list(i.shape)} for i in self.inputs],
             "upper_bound": self.upper_bound,
             "certified": self.certified,
+            "method": self.method,
+            "bounds": [
+                {"method": b.method, "value": b.value, "seconds": b.seconds, "certified": b.certified}
+                for b in self.bounds
+            ],
             "estimate": self.estimate,
             "lower_bound": lb.value if lb else None,
             "ratio": self.ratio,

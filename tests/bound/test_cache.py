@@ -21,6 +21,7 @@ from lipcheck.bound.cache import LayerCache, layer_key, open_cache
 from lipcheck.errors import UsageError
 from lipcheck.ir.canonicalize import fold_batchnorm
 from lipcheck.report.model import Settings
+from tests.helpers import untimed
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = str(ROOT / "sample_models" / "resnet_block.onnx")
@@ -56,7 +57,7 @@ def _own_cache_keys(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
 
 
 def _numbers(report: Any) -> dict[str, Any]:
-    data = report.to_dict()
+    data = untimed(report.to_dict())
     data["notes"] = [n for n in data["notes"] if not n.startswith("layer cache")]
     return data
 
@@ -67,7 +68,7 @@ def _cache_note(report: Any) -> str:
 
 
 def _analyze(cache: Path | None = None, **options: Any) -> Any:
-    return lipcheck.analyze(MODEL, lower_bound=False, cache_dir=cache, **options)
+    return lipcheck.analyze(MODEL, lower_bound=False, method="product", cache_dir=cache, **options)
 
 
 def test_second_run_is_all_hits_same_numbers_no_norms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,12 +132,12 @@ def test_key_follows_weights_shapes_and_settings_not_names() -> None:
 
 def test_a_changed_weight_misses_and_renamed_graph_hits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     graph = _graph()
-    first = lipcheck.analyze(graph, lower_bound=False, cache_dir=tmp_path)
+    first = lipcheck.analyze(graph, lower_bound=False, method="product", cache_dir=tmp_path)
     conv = next(n for n in graph.nodes if n.op_type == "Conv")
     w = conv.inputs[1]
     other = dataclasses.replace(graph, constants={**graph.constants, w: np.asarray(graph.constants[w]) * 2.0})
     calls = NormCalls(monkeypatch)
-    second = lipcheck.analyze(other, lower_bound=False, cache_dir=tmp_path)
+    second = lipcheck.analyze(other, lower_bound=False, method="product", cache_dir=tmp_path)
     assert calls.count == 1  # only the changed layer is recomputed
     assert second.layers[0].sigma_upper == pytest.approx(2 * first.layers[0].sigma_upper, rel=1e-9)
     assert [a.sigma_upper for a in first.layers[1:]] == [b.sigma_upper for b in second.layers[1:]]
@@ -144,10 +145,10 @@ def test_a_changed_weight_misses_and_renamed_graph_hits(tmp_path: Path, monkeypa
 
 def test_a_changed_input_shape_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dynamic = str(ROOT / "sample_models" / "dynamic_batch.onnx")
-    lipcheck.analyze(dynamic, input_shape=(1, 1, 8, 8), lower_bound=False, cache_dir=tmp_path)
+    lipcheck.analyze(dynamic, input_shape=(1, 1, 8, 8), lower_bound=False, method="product", cache_dir=tmp_path)
     bigger = (2, 1, 8, 8)  # only the batch is dynamic here: still a different shape, a miss
     calls = NormCalls(monkeypatch)
-    report = lipcheck.analyze(dynamic, input_shape=bigger, lower_bound=False, cache_dir=tmp_path)
+    report = lipcheck.analyze(dynamic, input_shape=bigger, lower_bound=False, method="product", cache_dir=tmp_path)
     assert calls.count > 0 and "0 of" in _cache_note(report)
 
 
@@ -211,7 +212,7 @@ CONV_MODEL = str(ROOT / "sample_models" / "weight_norm.onnx")  # Conv, Conv, Gem
 
 
 def _run(model: str, cache: Path | None) -> Any:
-    return lipcheck.analyze(model, lower_bound=False, cache_dir=cache)
+    return lipcheck.analyze(model, lower_bound=False, method="product", cache_dir=cache)
 
 
 @pytest.fixture(scope="module")
@@ -436,13 +437,14 @@ def test_check_gate_is_not_passed_by_a_tampered_cache(tmp_path: Path) -> None:
     from lipcheck.cli.app import app
 
     runner = CliRunner()
-    args = ["check", MLP, "--max-lipschitz", "1", "--cache", str(tmp_path / "c"), "--no-progress"]
+    args = ["check", MLP, "--max-lipschitz", "1", "--cache", str(tmp_path / "c"), "--no-progress",
+            "--method", "product"]
     first = runner.invoke(app, args)
     assert first.exit_code == 1, first.stderr
     _edit_entries(tmp_path / "c", _set_sigma(1e-6))
     second = runner.invoke(app, args)
     assert second.exit_code == 1, second.stderr
-    assert "certified upper bound 10.18 > 1" in second.stderr
+    assert "certified upper bound 10.18 (product) > 1" in second.stderr
 
 
 # ------------------------------------------------------------------------------- reading never hangs

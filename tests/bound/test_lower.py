@@ -16,7 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-from lipcheck.bound.lower import _Flat, _Linearization, empirical_lower_bound, reference_tolerance
+from lipcheck.bound.jacobian import Flat as _Flat
+from lipcheck.bound.jacobian import Linearization as _Linearization
+from lipcheck.bound.lower import empirical_lower_bound, reference_tolerance
 from lipcheck.bound.torch_eval import TorchEvaluator
 from lipcheck.ir.graph import Graph
 from lipcheck.loaders.onnx_loader import load_onnx
@@ -86,12 +88,15 @@ def mlp_model(sizes: Sequence[int], seed: int = 0,
 def test_linear_model_gives_sigma_max_exactly() -> None:
     w = np.random.default_rng(3).standard_normal((5, 9)).astype(F32)
     model = gemm_model(w, batch=2)  # batch 2: the map is block-diagonal, same sigma
+    start = time.perf_counter()
     lb = empirical_lower_bound(load_onnx(model), reference=ort_reference(model), time_budget=60)
     assert lb.completed and lb.value is not None
     assert lb.value == pytest.approx(sigma_max(w), rel=1e-6)
     assert lb.value <= sigma_max(w) * (1 + 1e-9)
     assert lb.evaluator_max_rel_error is not None and lb.evaluator_max_rel_error < 1e-5
-    assert lb.jacobian_samples == 8 and lb.ascent_steps > 0 and lb.note is None
+    # an affine graph has one Jacobian: one sample is exact, and the search ends there, far within the budget
+    assert lb.jacobian_samples == 1 and lb.note is None
+    assert time.perf_counter() - start < 10
 
 
 @settings(max_examples=8, deadline=None)
@@ -106,7 +111,7 @@ def test_linear_lower_bound_never_exceeds_sigma_max(rows: int, cols: int, seed: 
 
 def test_relu_mlp_between_zero_and_product_of_norms() -> None:
     model, ws = mlp_model([6, 16, 16, 3])
-    lb = empirical_lower_bound(load_onnx(model), reference=ort_reference(model), time_budget=60)
+    lb = empirical_lower_bound(load_onnx(model), reference=ort_reference(model), time_budget=1.5)
     upper = float(np.prod([sigma_max(w) for w in ws]))
     assert lb.value is not None and 0 < lb.value <= upper
     assert lb.completed
@@ -224,9 +229,9 @@ def test_budget_cut_value_is_still_a_lower_bound() -> None:
 
 def test_progress_is_reported() -> None:
     messages: list[str] = []
-    graph = load_onnx(gemm_model(np.eye(3, dtype=F32)))
+    graph = load_onnx(mlp_model([3, 5, 2], act="Tanh")[0])
     empirical_lower_bound(graph, progress=messages.append, time_budget=60, **FAST)
-    assert any("Jacobian sample 1/3" in m for m in messages)
+    assert any("start 1 (N(0,1))" in m for m in messages)
     assert any("ascent" in m for m in messages)
 
 

@@ -28,6 +28,7 @@ max-layer-sigma = 3.0
 [[tool.lipcheck.models]]
 path = "models/mlp.onnx"                # bound 10.18, layers up to 2.318: passes
 max-lipschitz = 20
+method = "product"                      # the product's bound is reproducible to the last digit (lipsdp's 5.309 not)
 
 [[tool.lipcheck.models]]
 path = "models/constant_weights.onnx"   # layer matmul2 has σ 2.197: fails on the layer
@@ -76,7 +77,7 @@ def test_configured_models_one_verdict_as_junit(project: Path) -> None:
     assert layer_failure is not None
     assert layer_failure.get("message") == "1 layer has certified σ above 2.15: matmul2 2.197"
     lines = proc.stderr.splitlines()
-    assert lines[0] == ("PASS models/mlp.onnx: certified upper bound 10.18 ≤ 20; "
+    assert lines[0] == ("PASS models/mlp.onnx: certified upper bound 10.18 (product) ≤ 20; "
                         "largest layer σ upper 2.318 (/3/Gemm) ≤ 3")
     assert "FAIL models/constant_weights.onnx" in lines and "FAIL models/attention.onnx" in lines
     assert lines[-2:] == ["report (junit) written to reports/junit.xml", "lipcheck check: FAILED (2 of 3 models)"]
@@ -100,8 +101,8 @@ def test_pass_and_fail_on_the_bound_with_clean_json(project: Path) -> None:
     assert [c["check"] for c in data["gate"]["checks"]] == ["certified", "max-lipschitz", "max-layer-sigma"]
     failed = lipcheck(project, "check", "models/mlp.onnx", "--max-lipschitz", "10", "--format", "json")
     assert failed.returncode == 1
-    assert json.loads(failed.stdout)["gate"]["reasons"] == ["certified upper bound 10.18 > 10"]
-    assert "  FAIL max-lipschitz: certified upper bound 10.18 > 10" in failed.stderr.splitlines()
+    assert json.loads(failed.stdout)["gate"]["reasons"] == ["certified upper bound 10.18 (product) > 10"]
+    assert "  FAIL max-lipschitz: certified upper bound 10.18 (product) > 10" in failed.stderr.splitlines()
     zero = lipcheck(project, "check", "models/mlp.onnx", "--max-lipschitz", "10", "--exit-zero", "-q")
     assert zero.returncode == 0 and zero.stderr == ""
 
@@ -121,7 +122,7 @@ def test_fail_on_growth_against_a_baseline(project: Path) -> None:
     written = lipcheck(project, "check", "models/mlp.onnx", "--baseline", "baselines/mlp.json", "--update-baseline")
     assert written.returncode == 0, written.stderr
     data = json.loads(baseline.read_text())
-    assert data["schema_version"] == 1 and "gate" not in data  # a plain analyze report
+    assert data["schema_version"] == 2 and "gate" not in data  # a plain analyze report
     data["upper_bound"] /= 1.1  # as if the model had been 10% less sensitive when the baseline was saved
     data["layers"][1]["sigma_upper"] /= 1.1
     baseline.write_text(json.dumps(data))

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lipcheck.cli.app import EXIT_ERROR, EXIT_OK, app
+from tests.helpers import untimed
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = str(ROOT / "sample_models" / "cnn_bn.onnx")
@@ -54,7 +55,7 @@ def test_analyze_with_cache_and_jobs(tmp_path: Path) -> None:
     assert (tmp_path / "c" / "d").is_dir()
     second = runner.invoke(app, args, env={"LIPCHECK_JOBS": "1"})
     assert second.exit_code == EXIT_OK, second.stderr
-    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    a, b = untimed(json.loads(first.stdout)), untimed(json.loads(second.stdout))
     note_a, note_b = a["notes"].pop(), b["notes"].pop()
     assert " stored" in note_a and "0 of" in note_a
     assert note_b.startswith("layer cache c/d: ") and "read from the cache" in note_b and " stored" not in note_b
@@ -79,7 +80,8 @@ def test_check_takes_jobs_and_cache_from_flags_and_config(tmp_path: Path) -> Non
     flagged = runner.invoke(app, ["check", "--no-progress", "-f", "json", "-q", "--jobs", "1", "--cache", "other"])
     assert flagged.exit_code == EXIT_OK, flagged.stderr
     assert list((tmp_path / "other").rglob("*.json"))
-    assert flagged.stdout.replace("other", "ci-cache") == result.stdout  # same report, other cache folder
+    same = untimed(json.loads(flagged.stdout.replace("other", "ci-cache")))
+    assert same == untimed(json.loads(result.stdout))  # same report, other cache folder
 
 
 def test_config_jobs_must_be_a_count(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
         (["analyze"], "MODEL"),
         (["normalize", MLP], "--out"),
         (["check", MLP, "--max-lipschitz", "ten"], "--max-lipschitz"),
+        (["analyze", MLP, "--method", "sdp"], "--method"),
         (["nosuchcommand"], "nosuchcommand"),
     ],
 )

@@ -149,6 +149,9 @@ def test_explicit_config_file(tmp_path: Path) -> None:
          "tool.lipcheck.models: model name 'x' is used twice"),
         ("[tool.lipcheck]\nmax-lipschitz = \n", "pyproject.toml: invalid TOML: "),
         ("[tool]\nlipcheck = 3\n", "pyproject.toml: tool.lipcheck: expected a table, got a number"),
+        ("[tool.lipcheck]\nmethod = 'sdp'\n",
+         "pyproject.toml: tool.lipcheck.method: expected one of 'auto', 'product', 'lipsdp', got 'sdp'"),
+        ("[tool.lipcheck]\nmethod = 1\n", "tool.lipcheck.method: expected one of 'auto', 'product', 'lipsdp', got 1"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, expected: str) -> None:
@@ -167,3 +170,18 @@ def test_merged_overrides_only_what_is_set() -> None:
     base = ModelOptions(max_lipschitz=1.0, seed=3, exact=False)
     assert base.merged(ModelOptions(max_lipschitz=2.0)) == ModelOptions(max_lipschitz=2.0, seed=3, exact=False)
     assert base.merged(ModelOptions()) == base
+
+
+def test_method_key_top_level_and_per_model_reaches_the_analysis(tmp_path: Path) -> None:
+    from lipcheck.gate.run import resolve_targets
+
+    _write(tmp_path, "pyproject.toml", "[tool.lipcheck]\nmethod = 'Product'\n"
+           "[[tool.lipcheck.models]]\npath = 'a.onnx'\n"
+           "[[tool.lipcheck.models]]\npath = 'b.onnx'\nmethod = 'lipsdp'\n")
+    config = load_config(cwd=tmp_path)
+    assert config.defaults.method == "product"
+    assert [m.options.method for m in config.models] == ["product", "lipsdp"]
+    targets = resolve_targets([], config, ModelOptions())
+    assert [t.analysis.kwargs()["method"] for t in targets] == ["product", "lipsdp"]
+    flagged = resolve_targets([], config, ModelOptions(method="auto"))  # --method overrides the file
+    assert {t.analysis.method for t in flagged} == {"auto"}

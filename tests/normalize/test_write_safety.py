@@ -53,7 +53,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 def _normalize(model: Path | str, out: str, *more: str) -> tuple[int, list[str]]:
-    result = runner.invoke(app, ["normalize", str(model), "--out", out, "--no-progress", *more])
+    result = runner.invoke(app, ["normalize", str(model), "--out", out, "--no-progress", "--method", "product", *more])
     return result.exit_code, result.stderr.splitlines()
 
 

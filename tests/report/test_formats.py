@@ -20,6 +20,7 @@ from lipcheck.report.formats import (
     summarize,
 )
 from lipcheck.report.model import (
+    BoundResult,
     InputInfo,
     LayerResult,
     LowerBound,
@@ -128,6 +129,10 @@ def cnn_report() -> Report:
         ),
         notes=("BatchNormalization bn1 was folded into conv1.",),
         lipcheck_version="0.1.0",
+        bounds=(
+            BoundResult("product", 24.6913, 0.734, True),
+            BoundResult("lipsdp", None, 0.0, False, {"reason": "not an MLP chain: conv1 (Conv): not an activation"}),
+        ),
     )
 
 
@@ -156,6 +161,7 @@ def unbounded_report() -> Report:
         notes=("Integer input mask is treated as a constant.",),
         settings=Settings(power_iterations=50, seed=3),
         lipcheck_version="0.1.0",
+        bounds=(BoundResult("product", None, 0.02, False, {"reason": "unbounded"}),),
     )
 
 
@@ -171,8 +177,9 @@ def empty_report() -> Report:
         unbounded=(),
         layers=(),
         ops=(OpResult("relu", "Relu", 1.0, "Relu: 1"),),
-        settings=Settings(lower_bound=False),
+        settings=Settings(lower_bound=False, method="lipsdp"),
         lipcheck_version="0.1.0",
+        bounds=(BoundResult("product", 1.0, 0.001, True), BoundResult("lipsdp", 1.0, 0.25, True)),
     )
 
 
@@ -242,6 +249,8 @@ DOCUMENTED_KEYS = {
     "inputs",
     "upper_bound",
     "certified",
+    "method",
+    "bounds",
     "estimate",
     "lower_bound",
     "ratio",
@@ -261,7 +270,8 @@ def test_json_is_one_object_with_documented_keys(name: str) -> None:
     data = json.loads(text)  # raises on trailing data: exactly one JSON document
     assert isinstance(data, dict)
     assert set(data) == DOCUMENTED_KEYS
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
+    assert [set(b) for b in data["bounds"]] == [{"method", "value", "seconds", "certified"}] * len(report.bounds)
     assert len(data["layers"]) == len(report.layers)
     for layer in data["layers"]:
         assert {"name", "op", "sigma_power", "sigma_exact", "sigma_upper", "sigma_reshaped", "power_gap",
@@ -325,14 +335,17 @@ def _summary_value(text: str, label: str) -> str:
 
 
 def test_table_last_cumulative_bound_matches_the_summary() -> None:
-    """Re-read the rendered table: the last layer's cumulative bound is the printed certified bound."""
+    """Re-read the rendered table: the last layer's cumulative bound is the printed product bound (the cumulative
+    column is the product's), here also the certified bound, which names its method."""
     report = cnn_report()
     text = render_table(report)
     header, *rows = _table_rows(text)
     assert len(rows) == len(report.layers)
     cumulative = rows[-1][header.index(Column.CUMULATIVE.header)]
-    printed = _summary_value(text, "Certified upper bound")
-    assert cumulative == printed
+    headline = _summary_value(text, "Certified upper bound")
+    printed, method = headline.split()
+    assert method == "(product)" and cumulative == printed
+    assert _summary_value(text, "  product (AutoLip)").split()[0] == printed
     assert math.isclose(float(printed), report.upper_bound, rel_tol=5e-4)  # 4 significant digits
     # and every σ upper printed is the layer's value to 4 digits
     for row, layer in zip(rows, report.layers, strict=True):

@@ -235,15 +235,17 @@ def _optimize(
     if not slopes:
         c, ts = _sequence_numpy(weights, slopes, None)
         return c, ts, {"iterations": 0}
+    from scipy.optimize import minimize
+
     start = time.perf_counter()
     ws = [torch.from_numpy(np.ascontiguousarray(w)) for w in weights]
     h1 = ws[0] @ ws[0].T
-    thetas = [torch.zeros(w.shape[0], dtype=torch.float64, requires_grad=True) for w in ws[:-1]]
-    etas = [torch.zeros((), dtype=torch.float64, requires_grad=True) for _ in ws[:-1]]
+    sizes = [int(w.shape[0]) for w in ws[:-1]]
+    n_theta = sum(sizes)
     best: dict[str, object] = {"c": math.inf, "ts": None}
     evaluations = 0
 
-    def evaluate() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def evaluate(thetas: Sequence[torch.Tensor], etas: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         k_hat = h1
         ts: list[torch.Tensor] = []
         for i, (alpha, beta) in enumerate(slopes):
@@ -269,34 +271,42 @@ def _optimize(
             ts.append(t)
         return torch.log(torch.linalg.eigvalsh(k_hat)[-1]), ts
 
-    params = thetas + etas
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-12, tolerance_change=1e-14)
+    class _OutOfTime(Exception):
+        pass
 
-    def closure() -> torch.Tensor:
+    infeasible = (1e300, np.zeros(n_theta + len(sizes)))
+
+    def objective(z: np.ndarray) -> tuple[float, np.ndarray]:
+        """log c and its gradient (torch autograd, float64) at the parameters z = (θ_1, …, θ_{k−1}, η)."""
         nonlocal evaluations
-        opt.zero_grad()
-        evaluations += 1
         if time.perf_counter() - start > time_limit:
-            # out of time: a flat objective stops L-BFGS
-            value = torch.zeros((), dtype=torch.float64, requires_grad=True)
-            return value * 0.0
-        loss, ts = evaluate()
+            raise _OutOfTime
+        evaluations += 1
+        params = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+        try:
+            loss, ts = evaluate(torch.split(params[:n_theta], sizes), params[n_theta:])
+        except torch.linalg.LinAlgError:  # eigh can fail to converge far out on a line search: infeasible
+            return infeasible
         if not torch.isfinite(loss):
-            return torch.tensor(1e300, dtype=torch.float64, requires_grad=True) * 1.0
+            return infeasible
         c = math.exp(float(loss.detach()))
         if c < best["c"]:  # type: ignore[operator]
             best["c"] = c
             best["ts"] = [t.detach().numpy().copy() for t in ts]
         loss.backward()
-        return loss
+        assert params.grad is not None
+        return float(loss.detach()), params.grad.numpy().copy()
 
     threads = torch.get_num_threads()
     if max(w.shape[0] for w in weights) <= SMALL_WIDTH:
         # small matrices: the intra-op pool only spins (measured 10x slower with 2 threads on a loaded machine)
         torch.set_num_threads(1)
     try:
-        opt.step(closure)
+        # scipy's L-BFGS-B, not torch.optim's: importing torch.optim loads torch._dynamo (1.5 s)
+        minimize(objective, np.zeros(n_theta + len(sizes)), jac=True, method="L-BFGS-B",
+                 options={"maxiter": iterations, "maxcor": 20, "gtol": 1e-9, "ftol": 1e-9})
+    except _OutOfTime:
+        pass
     finally:
         torch.set_num_threads(threads)
     info: dict[str, object] = {"evaluations": evaluations, "optimize_seconds": time.perf_counter() - start}
