@@ -250,3 +250,37 @@ def test_generated_control_flow_never_certifies_below_onnxruntime(seed: int) -> 
         assert report.upper_bound >= measured
     else:
         assert runtime
+
+
+def _mlp_branch(name: str, w1: np.ndarray, w2: np.ndarray) -> onnx.GraphProto:
+    """A branch computing W2·relu(W1·X) from the enclosing scope's X."""
+    nodes = [
+        helper.make_node("Gemm", ["X", f"{name}_w1"], [f"{name}_h"], transB=1, name=f"{name}_fc1"),
+        helper.make_node("Relu", [f"{name}_h"], [f"{name}_r"], name=f"{name}_relu"),
+        helper.make_node("Gemm", [f"{name}_r", f"{name}_w2"], [f"{name}_y"], transB=1, name=f"{name}_fc2"),
+    ]
+    inits = [numpy_helper.from_array(w1, f"{name}_w1"), numpy_helper.from_array(w2, f"{name}_w2")]
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", F, [1, 4])], inits)
+
+
+@pytest.mark.parametrize("runtime", [False, True])
+def test_the_chain_method_sees_through_inlined_branches_only(runtime: bool) -> None:
+    """lipsdp on an If of MLP branches: with a constant condition the inlined branch is a chain and its certified
+    value is above what onnxruntime shows; with a runtime condition nothing is certified, whatever the method."""
+    rng = np.random.default_rng(7)
+    w = [rng.standard_normal(s).astype(np.float32) for s in ((8, 4), (4, 8), (8, 4), (4, 8))]
+    node = helper.make_node("If", ["cond"], ["Y"], name="if", then_branch=_mlp_branch("a", w[0], w[1]),
+                            else_branch=_mlp_branch("b", w[2], w[3]))
+    if runtime:
+        m = _model([node], [], [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])])
+    else:
+        m = _model([node], [numpy_helper.from_array(np.array(True), "cond")])
+    report = lipcheck.analyze(m, lower_bound=False, method="lipsdp")
+    if runtime:
+        assert not report.certified
+        assert [u.node for u in report.unbounded] == ["if"]
+    else:
+        assert report.certified and report.method == "lipsdp"
+        assert report.upper_bound >= _ort_ratio(m)
+        product = float(np.linalg.svd(w[0], compute_uv=False)[0] * np.linalg.svd(w[1], compute_uv=False)[0])
+        assert report.upper_bound <= product * (1 + 1e-6)
