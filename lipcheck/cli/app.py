@@ -960,6 +960,7 @@ def diff(
     seed: SeedOpt = 0,
     exact_limit: ExactLimitOpt = 2_000_000,
     no_exact: NoExactOpt = False,
+    method: MethodOpt = Method.AUTO,
     progress: ProgressOpt = None,
     threads: ThreadsOpt = None,
     arch: ArchOpt = None,
@@ -990,7 +991,7 @@ def diff(
                 report = lipcheck.analyze(
                     path, input_shape=shapes, power_iterations=power_iterations, tolerance=tolerance, seed=seed,
                     exact_limit=0 if no_exact else exact_limit, lower_bound=False, progress=observer,
-                    trust_pickle=trust_pickle, arch=arch, arch_kwargs=kwargs, key=key,
+                    trust_pickle=trust_pickle, arch=arch, arch_kwargs=kwargs, key=key, method=method.value,
                 )
             finally:
                 if observer is not None:

@@ -89,3 +89,12 @@ def test_normalize_global_target_with_lipsdp_meets_it_when_re_analysed(tmp_path:
     assert again.lower_bound is not None and (again.lower_bound.value or 0.0) <= again.upper_bound
     product = lipcheck.analyze(out, lower_bound=False, method="product")
     assert product.upper_bound is not None and product.upper_bound > 2.0  # only lipsdp certifies the target
+
+
+@pytest.mark.parametrize("method, expected", [("product", "10.18 → 10.18"), ("lipsdp", "5.30")])
+def test_diff_composes_both_sides_with_the_method(method: str, expected: str) -> None:
+    result = runner.invoke(app, ["diff", "sample_models/mlp.onnx", "sample_models/mlp.onnx", "--method", method,
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("Certified upper bound"))
+    assert expected in line
