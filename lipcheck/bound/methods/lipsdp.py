@@ -205,18 +205,29 @@ def _sequence_numpy(
         if mu <= 0.0:
             return math.inf, ts
         t = (gamma / (mu * (w2 if w2 > 0 else 1.0))) * d
-        a, m = alpha * beta, 0.5 * (alpha + beta)
-        kz = k_hat if a == 0.0 else np.linalg.solve(np.eye(len(t)) + a * k_hat * t[None, :], k_hat)
-        kz = 0.5 * (kz + kz.T)
-        y = np.diag(t) - m * m * (t[:, None] * kz * t[None, :])
-        try:
-            low = np.linalg.cholesky(y)
-        except np.linalg.LinAlgError:
+        step = _eliminate(k_hat, t, alpha, beta, weights[i + 1])
+        if step is None:
             return math.inf, ts
-        x = _solve_lower(low, weights[i + 1].T)
-        k_hat = x.T @ x
+        k_hat = step
         ts.append(t)
     return float(np.linalg.eigvalsh(k_hat)[-1]), ts
+
+
+def _eliminate(
+    k_hat: np.ndarray, t: np.ndarray, alpha: float, beta: float, w_next: np.ndarray
+) -> np.ndarray | None:
+    """One step of the elimination: the next K̂ from this one and the layer's multipliers ``t`` (None when
+    Y = T − m²·T·K_z·T is not numerically positive definite)."""
+    a, m = alpha * beta, 0.5 * (alpha + beta)
+    kz = k_hat if a == 0.0 else np.linalg.solve(np.eye(len(t)) + a * k_hat * t[None, :], k_hat)
+    kz = 0.5 * (kz + kz.T)
+    y = np.diag(t) - m * m * (t[:, None] * kz * t[None, :])
+    try:
+        low = np.linalg.cholesky(y)
+    except np.linalg.LinAlgError:
+        return None
+    x = _solve_lower(low, w_next.T)
+    return np.asarray(x.T @ x)
 
 
 def _solve_lower(low: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -322,15 +333,8 @@ def _c_of(weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], 
     """c = λ_max(K̂_k) of the elimination for given multipliers T_i (inf if some Y_i is not positive definite)."""
     k_hat = weights[0] @ weights[0].T
     for i, (alpha, beta) in enumerate(slopes):
-        t = ts[i]
-        a, m = alpha * beta, 0.5 * (alpha + beta)
-        kz = k_hat if a == 0.0 else np.linalg.solve(np.eye(len(t)) + a * k_hat * t[None, :], k_hat)
-        kz = 0.5 * (kz + kz.T)
-        y = np.diag(t) - m * m * (t[:, None] * kz * t[None, :])
-        try:
-            low = np.linalg.cholesky(y)
-        except np.linalg.LinAlgError:
+        step = _eliminate(k_hat, ts[i], alpha, beta, weights[i + 1])
+        if step is None:
             return math.inf
-        x = _solve_lower(low, weights[i + 1].T)
-        k_hat = x.T @ x
+        k_hat = step
     return float(np.linalg.eigvalsh(k_hat)[-1]) * (1.0 + 8.0 * EPS64)
