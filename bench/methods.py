@@ -3,7 +3,8 @@
     python bench/methods.py [--seed 0] [--quick]
 
 Models (fixed seeds):
-  mnist-like  ReLU MLP 784-50-10 trained with torch (Adam, 8 epochs) on a synthetic 10-class 28×28 data set
+  mnist-like  ReLU MLP 784-50-10 (mnist-like-4: 784-500-200-50-10, with a LipSDP-Layer reference) trained with
+              torch (Adam, 8 epochs) on a synthetic 10-class 28×28 data set
               (scikit-learn's digits are not installed here; the classes are smooth blob prototypes with random
               intensity, shifts and noise).
   deep-10/20  random ReLU MLPs of 10 / 20 weight layers, widths drawn from 64..128, He-normal weights, input 64,
@@ -29,10 +30,12 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lipcheck.bound.methods.lipsdp import Chain, lipsdp, product_bound  # noqa: E402
+from lipcheck.bound.methods.lipsdp import Chain, _sequence_numpy, lipsdp, product_bound  # noqa: E402
 
 
-def mnist_like_net(seed: int = 0, epochs: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+def mnist_like_net(
+    seed: int = 0, epochs: int = 8, hidden: tuple[int, ...] = (50,)
+) -> list[tuple[np.ndarray, np.ndarray]]:
     gen = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:28, 0:28] / 27.0
     protos = []
@@ -49,7 +52,11 @@ def mnist_like_net(seed: int = 0, epochs: int = 8) -> list[tuple[np.ndarray, np.
         img = np.roll(protos[c], tuple(gen.integers(-2, 3, 2)), axis=(0, 1)) * gen.uniform(0.6, 1.0)
         data[i] = np.clip(img + 0.15 * gen.standard_normal((28, 28)), 0, 1)
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 50), torch.nn.ReLU(), torch.nn.Linear(50, 10))
+    widths = (784, *hidden, 10)
+    layers: list[torch.nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers += [torch.nn.Linear(widths[i], widths[i + 1]), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])
     x = torch.tensor(data.reshape(n, 784), dtype=torch.float32)
     y = torch.tensor(labels)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -62,7 +69,7 @@ def mnist_like_net(seed: int = 0, epochs: int = 8) -> list[tuple[np.ndarray, np.
             opt.step()
     with torch.no_grad():
         acc = float((model(x).argmax(1) == y).float().mean())
-    print(f"mnist-like: training accuracy {acc:.3f}")
+    print(f"mnist-like {'-'.join(map(str, widths))}: training accuracy {acc:.3f}")
     return [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
             for m in model if isinstance(m, torch.nn.Linear)]
 
@@ -154,10 +161,44 @@ def lower_ascent(net: list[tuple[np.ndarray, np.ndarray]], seconds: float, seed:
     return best
 
 
-def run(name: str, net: list[tuple[np.ndarray, np.ndarray]], lower_seconds: float, iterations: int) -> dict[str, float]:
+def lipsdp_layer(chain: Chain, starts: int = 4, seed: int = 0) -> tuple[float, float]:
+    """(value, seconds) of LipSDP-Layer: the same LMI with one scalar multiplier per layer (T_i = t_i·I), the t_i
+    searched by Nelder-Mead over the feasible parametrization of lipsdp's elimination (θ = 0, γ_i free), best of a few
+    starts. A reference computed here (no SDP solver installed), not a certificate: a local optimum of a convex
+    problem's reparametrization, so its value can only be at or above LipSDP-Layer's true optimum."""
+    from scipy.optimize import minimize
+
+    start = time.perf_counter()
+    weights = list(chain.weights)
+    scale = [2.0 ** -round(math.log2(np.linalg.norm(w))) for w in weights]  # well-scaled, exactly undone below
+    normalized = [w * s for w, s in zip(weights, scale)]
+    slopes = list(chain.slopes)
+    zeros = [np.zeros(w.shape[0]) for w in normalized[:-1]]
+
+    def objective(z: np.ndarray) -> float:
+        gammas = 0.01 + 0.98 / (1.0 + np.exp(-z))
+        c, _ = _sequence_numpy(normalized, slopes, [(th, float(g)) for th, g in zip(zeros, gammas)])
+        return math.log(c) if math.isfinite(c) and c > 0 else 1e9
+
+    gen = np.random.default_rng(seed)
+    best = math.inf
+    for k in range(starts):
+        z0 = np.zeros(len(zeros)) if k == 0 else gen.normal(0.0, 1.0, len(zeros))
+        res = minimize(objective, z0, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-10, "maxiter": 2000})
+        best = min(best, float(res.fun))
+    value = math.exp(0.5 * best) / math.prod(scale)
+    return value, time.perf_counter() - start
+
+
+def run(name: str, net: list[tuple[np.ndarray, np.ndarray]], lower_seconds: float, iterations: int,
+        time_limit: float = 60.0, layer_reference: bool = False) -> dict[str, float]:
     chain = Chain(tuple(w for w, _ in net), tuple((0.0, 1.0) for _ in net[:-1]))
     product = product_bound(chain)
-    result = lipsdp(chain, iterations=iterations)
+    result = lipsdp(chain, iterations=iterations, time_limit=time_limit)
+    if layer_reference:
+        layer, layer_seconds = lipsdp_layer(chain)
+        print(f"{name:12s} LipSDP-Layer reference (scalar multipliers, Nelder-Mead) {layer:.6g} in {layer_seconds:.1f} s"
+              f"; lipsdp / LipSDP-Layer {(result.value or math.nan) / layer:.4f}")
     if len(net) == 2:
         lower = max(lower_one_hidden(net, lower_seconds / 2), lower_ascent(net, lower_seconds / 2))
     else:
@@ -181,6 +222,8 @@ def main() -> None:
     iterations = 100 if args.quick else 300
     lower_seconds = 5.0 if args.quick else args.lower_seconds
     run("mnist-like", mnist_like_net(args.seed), lower_seconds, iterations)
+    run("mnist-like-4", mnist_like_net(args.seed, hidden=(500, 200, 50)), lower_seconds, iterations,
+        time_limit=50.0, layer_reference=True)
     for layers in (10, 20):
         run(f"deep-{layers}", random_deep_net(layers, args.seed), lower_seconds, iterations)
 

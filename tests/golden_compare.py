@@ -11,9 +11,9 @@ relative change of 1e-6 (power iteration) may stop one step earlier or later. So
 - estimates (σ power, the composed estimate): 1e-4 relative (the parity tolerance of estimates), never above σ
   exact;
 - the power gap (exact − power) / exact: 1e-4 absolute (it is a difference of the two above);
-- a lipsdp value (``bounds[].value`` of method lipsdp, and ``upper_bound`` when ``method`` is lipsdp): 1e-3 relative.
-  Its L-BFGS multiplier search follows the BLAS's last bits: 1 and 2 threads gave 5.30827 and 5.30902 on the sample
-  MLP (1.4e-4), and either is certified;
+- a value found by a search (``value`` / ``upper_bound`` in an object whose ``method`` is lipsdp, blocks, or one of
+  a blocks piece's searched methods: residual, pieces): 1e-3 relative. lipsdp's L-BFGS multiplier search follows the
+  BLAS's last bits: 1 and 2 threads gave 5.30827 and 5.30902 on the sample MLP (1.4e-4), and either is certified;
 - timings (``seconds``; ``<number> s`` in text): any non-negative value;
 - settings, names, shapes, integers: exact.
 
@@ -36,13 +36,16 @@ REL = {
     "lipschitz": 1e-5,
     "upper_bound": 1e-5,
     "cumulative_upper": 1e-5,
+    "value": 1e-5,  # a certified bound of a method or a blocks piece
+    "product": 1e-5,  # a blocks piece's product factor (certified)
     "sigma_power": 1e-4,
     "estimate": 1e-4,
     "cumulative_estimate": 1e-4,
 }
 ABS = {"power_gap": 1e-4}
 LIPSDP_REL = 1e-3
-_LIPSDP_KEYS = ("upper_bound", "value")  # in an object whose "method" is lipsdp
+_LIPSDP_KEYS = ("upper_bound", "value")  # in an object whose "method" is one of SEARCHED
+SEARCHED = ("lipsdp", "blocks", "residual", "pieces")
 _TIMING = re.compile(r"(?<![\w.])<?\d+(?:\.\d+)?(?:e[-+]?\d+)? s\b")
 DEFAULT_REL = 1e-9  # anything else (closed-form constants, settings): exact up to its own rounding
 
@@ -85,7 +88,7 @@ def compare_json(actual: Any, expected: Any, where: str = "$", key: str = "", li
         )
         if "sigma_upper" in actual:
             _check_layer_order(actual, where)
-        by_lipsdp = actual.get("method") == "lipsdp"
+        by_lipsdp = actual.get("method") in SEARCHED
         for k in actual:
             compare_json(actual[k], expected[k], f"{where}.{k}", k, by_lipsdp)
     elif isinstance(actual, list):

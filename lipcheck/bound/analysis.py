@@ -67,7 +67,7 @@ def analyze(
     ``"auto"`` adds it on chains small enough for a few seconds. ``report.bounds`` holds every method's certified
     value and time; ``upper_bound`` is the least of them and ``report.method`` names the method that gave it.
     """
-    from lipcheck.bound.methods.choose import check_method, lipsdp_result, product_result, tightest
+    from lipcheck.bound.methods.choose import blocks_result, check_method, lipsdp_result, product_result, tightest
     from lipcheck.bound.parallel import resolve_jobs
 
     method = check_method(method)
@@ -118,6 +118,12 @@ def analyze(
     upper = result.output_bound(graph, result.upper)
     bounds = [product_result(upper, walk_seconds)]
     extra, method_note = lipsdp_result(graph, method, on_start=lambda: progress.start(0, "composing: lipsdp"))
+    if extra is not None:
+        bounds.append(extra)
+    if method_note is not None:
+        notes.append(method_note)
+    extra, method_note = blocks_result(graph, method, result.bounds,
+                                       on_piece=lambda name: progress.start(0, f"composing: blocks ({name})"))
     if extra is not None:
         bounds.append(extra)
     if method_note is not None:

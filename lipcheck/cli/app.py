@@ -225,11 +225,14 @@ class Method(str, Enum):
     AUTO = "auto"
     PRODUCT = "product"
     LIPSDP = "lipsdp"
+    BLOCKS = "blocks"
 
 
 _METHOD_HELP = ("How the certified bound is composed: product (AutoLip, per-layer norms multiplied), lipsdp (also "
-                "LipSDP-Neuron on an MLP chain, verified), auto (also lipsdp on chains of at most 1024 hidden "
-                "neurons). The report shows every method's value; the bound is the least.")
+                "LipSDP-Neuron on an MLP chain, verified), blocks (also block by block: composed linear operators, "
+                "lipsdp on conv chains, residual-block LMIs), auto (lipsdp on chains of at most 1024 hidden "
+                "neurons, blocks within smaller limits on other models). The report shows every method's value; "
+                "the bound is the least.")
 MethodOpt = Annotated[Method, typer.Option("--method", case_sensitive=False, help=_METHOD_HELP)]
 _FORCE_HELP = ("Lift the resource limits: analyse inputs above 2^31 elements and run every stage however much "
                "memory or time it is estimated to take (default: such stages are skipped with the reason).")

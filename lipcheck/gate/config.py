@@ -257,7 +257,7 @@ def _input_shape(value: Any, where: _Where) -> InputShapes:
 
 
 def _method(value: Any, where: _Where) -> str:
-    """``method = "auto"``, ``"product"`` or ``"lipsdp"`` (any case)."""
+    """``method = "auto"``, ``"product"``, ``"lipsdp"`` or ``"blocks"`` (any case)."""
     from lipcheck.bound.methods.choose import METHODS
 
     if not isinstance(value, str) or value.strip().lower() not in METHODS:

@@ -150,8 +150,8 @@ def normalize(
     product's and, where it applies, lipsdp's. lipsdp's value after scaling is predicted by its homogeneity
     (:func:`~lipcheck.bound.methods.choose.scaled_lipsdp`); with ``global_target`` the plan is then checked by a
     lipsdp run on the scaled weights (and re-planned below what it gives), and the written copy is re-analysed with
-    the same method.
-    """
+    the same method. The blocks method is not homogeneous in the weights (x + W₂φ(W₁x)), so it plans nothing: the
+    plan is the product's (or lipsdp's), and the re-analysis with blocks can only find the copy's bound lower."""
     from lipcheck.bound.methods.choose import check_method, lipsdp_result, scaled_lipsdp
     from lipcheck.bound.walker import compose, walk
     from lipcheck.ir.canonicalize import fold_batchnorm

@@ -67,7 +67,9 @@ LOWER_LABEL = "Empirical lower bound"
 RATIO_LABEL = "Ratio upper/lower"
 AUDIT_TITLE = "Spectral-norm audit"
 # how each composition method (report.bounds) is named under the certified upper bound
-METHOD_LABELS = {"product": "product (AutoLip)", "lipsdp": "lipsdp (LipSDP-Neuron, verified)"}
+METHOD_LABELS = {"product": "product (AutoLip)", "lipsdp": "lipsdp (LipSDP-Neuron, verified)",
+                 "blocks": "blocks (per block, verified)"}
+BLOCKS_TITLE = "Blocks (the blocks method: each factor and the method that gave it)"
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -115,6 +117,26 @@ def _method_fact(bound: BoundResult) -> Fact:
     else:
         value = f"none ({bound.detail.get('reason', 'not certified')})"
     return Fact(method_label(bound.method), f"{value} ({method_seconds(bound.seconds)})", sub=True)
+
+
+def block_lines(report: Report) -> list[str]:
+    """One line per piece of the blocks method's composition: its nodes, factor, method and the product's factor."""
+    lines = []
+    for bound in report.bounds:
+        if bound.method != "blocks" or not bound.certified:
+            continue
+        for piece in bound.detail.get("blocks", ()):
+            if piece["method"] == "product" and abs(piece["value"] - 1.0) <= 1e-12:  # an activation's factor 1
+                continue
+            span = piece["first"] if piece["first"] == piece["last"] else f"{piece['first']} … {piece['last']}"
+            line = (f"{span} ({piece['nodes']} node{'s' if piece['nodes'] != 1 else ''}): "
+                    f"{format_number(piece['value'])} by {piece['method']}")
+            if piece["method"] != "product":
+                line += f" (product {format_number(piece['product'])})"
+            if piece.get("note"):
+                line += f"; {piece['note']}"
+            lines.append(line)
+    return lines
 
 
 def _upper_fact(report: Report) -> Fact:
@@ -228,6 +250,7 @@ def summarize(report: Report, footnotes: Footnotes | None = None) -> Summary:
             for title, items in (
                 ("Unbounded nodes", unbounded),
                 ("Other ops with a constant other than 1", constants),
+                (BLOCKS_TITLE, block_lines(report)),
                 ("Notes", list(report.notes)),
             )
             if items

@@ -150,7 +150,7 @@ class BoundResult:
     applicable, no certificate: ``detail["reason"]`` says why). ``seconds``: the method's own time (the product's
     includes bounding every layer)."""
 
-    method: str  # "product" (AutoLip) or "lipsdp" (LipSDP-Neuron, verified)
+    method: str  # "product" (AutoLip), "lipsdp" (LipSDP-Neuron, verified) or "blocks" (per block, verified)
     value: float | None
     seconds: float
     certified: bool
@@ -172,7 +172,7 @@ class Settings:
     exact_limit: int = 2_000_000
     lower_bound: bool = True
     lower_bound_seconds: float = 5.0
-    method: str = "auto"  # the composition methods asked for: auto, product or lipsdp (lipcheck.bound.methods)
+    method: str = "auto"  # the composition methods asked for: auto, product, lipsdp or blocks (bound.methods)
 
 
 @dataclass(frozen=True)
@@ -284,6 +284,7 @@ class Report:
             "method": self.method,
             "bounds": [
                 {"method": b.method, "value": b.value, "seconds": b.seconds, "certified": b.certified}
+                | ({"blocks": list(b.detail["blocks"])} if b.method == "blocks" and "blocks" in b.detail else {})
                 for b in self.bounds
             ],
             "estimate": self.estimate,

@@ -150,8 +150,8 @@ def test_explicit_config_file(tmp_path: Path) -> None:
         ("[tool.lipcheck]\nmax-lipschitz = \n", "pyproject.toml: invalid TOML: "),
         ("[tool]\nlipcheck = 3\n", "pyproject.toml: tool.lipcheck: expected a table, got a number"),
         ("[tool.lipcheck]\nmethod = 'sdp'\n",
-         "pyproject.toml: tool.lipcheck.method: expected one of 'auto', 'product', 'lipsdp', got 'sdp'"),
-        ("[tool.lipcheck]\nmethod = 1\n", "tool.lipcheck.method: expected one of 'auto', 'product', 'lipsdp', got 1"),
+         "pyproject.toml: tool.lipcheck.method: expected one of 'auto', 'product', 'lipsdp', 'blocks', got 'sdp'"),
+        ("[tool.lipcheck]\nmethod = 1\n", "tool.lipcheck.method: expected one of 'auto', 'product', 'lipsdp', 'blocks', got 1"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipcheck.bound.methods.base import MethodResult
+from lipcheck.bound.methods.linear import error_norm
 from lipcheck.bound.methods.lmi import certify_psd
 from lipcheck.bound.methods.slopes import is_valid_interval
 from lipcheck.norms.margin import EPS64, as_float64, rounding_margin
@@ -47,8 +48,16 @@ class Chain:
 
     weights: tuple[np.ndarray, ...]
     slopes: tuple[tuple[float, float], ...]
+    # entry-wise bounds |W_i,true − weights[i]| for weights that are computed (composed operators), or None: exact
+    errors: tuple[np.ndarray | None, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.errors is not None:
+            if len(self.errors) != len(self.weights):
+                raise ValueError(f"{len(self.weights)} weights need {len(self.weights)} error bounds")
+            for i, (w, e) in enumerate(zip(self.weights, self.errors)):
+                if e is not None and (e.shape != w.shape or not np.all(e >= 0)):
+                    raise ValueError(f"error bound {i + 1} must be a non-negative matrix of shape {w.shape}")
         if not self.weights:
             raise ValueError("a chain needs at least one weight matrix")
         if len(self.slopes) != len(self.weights) - 1:
@@ -68,8 +77,11 @@ class Chain:
 def product_bound(chain: Chain) -> float:
     """Certified product (AutoLip) bound of the chain: Π σ_max(W_i)·Π max(|α_i|, |β_i|), by dense SVD with margin."""
     logs = 0.0
-    for w in chain.weights:
+    errors = chain.errors or (None,) * len(chain.weights)
+    for w, e in zip(chain.weights, errors):
         sigma = _sigma_upper(as_float64(w))
+        if e is not None:
+            sigma = _add_up(sigma, error_norm(e))
         if sigma == 0.0:
             return 0.0
         logs += math.log(sigma)
@@ -94,6 +106,10 @@ def _sigma_upper(w: np.ndarray) -> float:
     return math.ldexp(s, k)
 
 
+def _add_up(a: float, b: float) -> float:
+    return math.nextafter(a + b, math.inf) if b > 0 else a
+
+
 def _scale_exponent(w: np.ndarray) -> int:
     """e such that 2^−e·w has Frobenius norm in [1/2, 1) (0 for a zero matrix)."""
     hi = float(np.max(np.abs(w))) if w.size else 0.0
@@ -104,26 +120,36 @@ def _scale_exponent(w: np.ndarray) -> int:
     return e0 + math.frexp(fro)[1]
 
 
-def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: float = 60.0) -> MethodResult:
+def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: float = 60.0,
+           max_evaluations: int | None = None) -> MethodResult:
     """Certified upper bound on the L2 Lipschitz constant of ``chain`` by LipSDP-Neuron multipliers (module docstring).
+
+    The multiplier search stops after ``iterations`` L-BFGS iterations or ``max_evaluations`` objective evaluations
+    (both reproducible), or after ``time_limit`` seconds (a safety net: the value then depends on the machine's speed,
+    and ``detail["stopped"]`` says so).
 
     Returns value None / certified False only if no certificate could be established (the caller then uses the
     product bound)."""
     start = time.perf_counter()
     detail: dict[str, object] = {"layers": len(chain.weights)}
     weights = [as_float64(w) for w in chain.weights]
-    if any(w.size == 0 or not np.any(w) for w in weights):
+    errors = list(chain.errors) if chain.errors is not None else [None] * len(weights)
+    if any(w.size == 0 or (not np.any(w) and (e is None or not np.any(e))) for w, e in zip(weights, errors)):
         # a zero (or empty) layer: the chain is constant
         return MethodResult(METHOD, 0.0, time.perf_counter() - start, True, {**detail, "reason": "a zero layer"})
     exps = [_scale_exponent(w) for w in weights]
     normalized = [np.ldexp(w, -e) for w, e in zip(weights, exps)]
-    if not all(np.array_equal(np.ldexp(n, e), w) for n, e, w in zip(normalized, exps, weights)):
+    norm_errors = [None if er is None else np.ldexp(er, -e) for er, e in zip(errors, exps)]
+    if not all(np.array_equal(np.ldexp(n, e), w) for n, e, w in zip(normalized, exps, weights)) or not all(
+        er is None or np.array_equal(np.ldexp(ne, e), er) for ne, e, er in zip(norm_errors, exps, errors)
+    ):
         # the power-of-two scaling was not exact (entries spanning more than float64's range): no certificate
         return MethodResult(METHOD, None, time.perf_counter() - start, False, {**detail, "reason": "weight range"})
     slopes = list(chain.slopes)
     fast_c, fast_ts = _sequence_numpy(normalized, slopes, None)
     detail["eclipse_fast"] = _scaled_sqrt(fast_c, sum(exps))
-    c, ts, info = _optimize(normalized, slopes, iterations=iterations, time_limit=time_limit)
+    c, ts, info = _optimize(normalized, slopes, iterations=iterations, time_limit=time_limit,
+                            max_evaluations=max_evaluations)
     detail.update(info)
     candidates = [(c, ts, "optimized"), (fast_c, fast_ts, "eclipse-fast")]
     candidates.sort(key=lambda x: x[0] if math.isfinite(x[0]) else math.inf)
@@ -133,8 +159,8 @@ def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: fl
         for margin in MARGINS:
             rho = value * (1.0 + margin)
             t_cert = [t * (value * (1.0 + 0.5 * margin)) for t in mults]
-            balanced = _balance(normalized, t_cert, rho)
-            if balanced is not None and certify_psd(balanced[0], slopes, balanced[2], balanced[1]):
+            balanced = _balance(normalized, t_cert, rho, norm_errors)
+            if balanced is not None and certify_psd(balanced[0], slopes, balanced[2], balanced[1], balanced[3]):
                 detail.update({"margin": margin, "multipliers": origin, "rho_normalized": rho, "exponent": sum(exps)})
                 bound = _scaled_sqrt(rho, sum(exps))
                 product = product_bound(chain)
@@ -146,32 +172,44 @@ def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: fl
 
 
 def _balance(
-    weights: Sequence[np.ndarray], ts: Sequence[np.ndarray], rho: float
-) -> tuple[list[np.ndarray], list[np.ndarray], float] | None:
+    weights: Sequence[np.ndarray], ts: Sequence[np.ndarray], rho: float,
+    errors: Sequence[np.ndarray | None] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], float, list[np.ndarray | None]] | None:
     """The same LMI after the congruence D·P·D with D = diag(2^{s_i} I) per block, so that every diagonal block is of
     order one and the Cholesky margin is relative to each block, not to the largest one.
 
     D·P(ρ, T; W)·D = P(ρ̃, T̃; W̃) with ρ̃ = 2^{2s_0}ρ, T̃_i = 2^{2s_i}T_i, W̃_i = 2^{s_{i−1}−s_i}W_i (i < k),
     W̃_k = 2^{s_{k−1}}W_k, and congruence keeps P ⪰ 0 either way: certifying the returned (W̃, T̃, ρ̃) certifies L ≤ √ρ
-    for W. Powers of two scale exactly; None if some scaled value under- or overflowed."""
+    for W. Powers of two scale exactly (the weights' error bounds scale with them); None if some scaled value under-
+    or overflowed."""
 
     def half_exponent(x: float) -> int:
         return -round(math.log2(x)) // 2 if x > 0 else 0
 
     exps = [half_exponent(rho)] + [half_exponent(float(np.max(t))) for t in ts]
     k = len(weights)
+    errors = list(errors) if errors is not None else [None] * k
     new_w: list[np.ndarray] = []
+    new_e: list[np.ndarray | None] = []
     for i, w in enumerate(weights):
         e = exps[i] - exps[i + 1] if i < k - 1 else exps[k - 1]
         scaled = np.ldexp(w, e)
         if not np.array_equal(np.ldexp(scaled, -e), w) or not np.all(np.isfinite(scaled)):
             return None
         new_w.append(scaled)
+        err = errors[i]
+        if err is not None:
+            scaled_err = np.ldexp(err, e)
+            if not np.array_equal(np.ldexp(scaled_err, -e), err) or not np.all(np.isfinite(scaled_err)):
+                return None
+            new_e.append(scaled_err)
+        else:
+            new_e.append(None)
     new_t = [np.ldexp(t, 2 * exps[i + 1]) for i, t in enumerate(ts)]
     new_rho = math.ldexp(rho, 2 * exps[0])
     if math.ldexp(new_rho, -2 * exps[0]) != rho:
         return None
-    return new_w, new_t, new_rho
+    return new_w, new_t, new_rho, new_e
 
 
 def _scaled_sqrt(rho: float, exponent: int) -> float:
@@ -237,7 +275,8 @@ def _solve_lower(low: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _optimize(
-    weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], *, iterations: int, time_limit: float
+    weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], *, iterations: int, time_limit: float,
+    max_evaluations: int | None = None,
 ) -> tuple[float, list[np.ndarray], dict[str, object]]:
     """Minimize log c over (θ, γ) with L-BFGS from ECLipsE-Fast's point; returns (c, [T_i], info) at the best point
     seen (all evaluated in float64 by torch; the certificate re-checks everything)."""
@@ -285,12 +324,17 @@ def _optimize(
     class _OutOfTime(Exception):
         pass
 
+    stopped: list[str] = []
+
     infeasible = (1e300, np.zeros(n_theta + len(sizes)))
 
     def objective(z: np.ndarray) -> tuple[float, np.ndarray]:
         """log c and its gradient (torch autograd, float64) at the parameters z = (θ_1, …, θ_{k−1}, η)."""
         nonlocal evaluations
         if time.perf_counter() - start > time_limit:
+            stopped.append("time limit")
+            raise _OutOfTime
+        if max_evaluations is not None and evaluations >= max_evaluations:
             raise _OutOfTime
         evaluations += 1
         params = torch.tensor(z, dtype=torch.float64, requires_grad=True)
@@ -321,6 +365,8 @@ def _optimize(
     finally:
         torch.set_num_threads(threads)
     info: dict[str, object] = {"evaluations": evaluations, "optimize_seconds": time.perf_counter() - start}
+    if stopped:
+        info["stopped"] = f"the multiplier search was stopped by its time limit ({time_limit:g} s)"
     if best["ts"] is None:
         return math.inf, [], info
     # re-evaluate the best multipliers' c with the numpy elimination (what gets certified is c·T)

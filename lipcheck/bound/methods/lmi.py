@@ -27,6 +27,7 @@ F ⪰ e_form·I, so P ⪰ 0 exactly. Every γ is the generous :func:`lipcheck.no
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,52 +55,86 @@ def lmi_blocks(
     sizes = block_sizes(weights)
     diag: list[np.ndarray] = []
     sub: list[np.ndarray] = []
-    rowabs: list[np.ndarray] = []
-    absw = [np.abs(w) for w in weights]
     for i in range(k):
         d = sizes[i]
         if i == 0:
             block = np.eye(d) * rho
-            rows = np.full(d, abs(rho))
         else:
             t = ts[i - 1]
             block = np.diag(t)
-            rows = np.abs(t).copy()
             m = 0.5 * (slopes[i - 1][0] + slopes[i - 1][1])
             sub.append(-m * (t[:, None] * weights[i - 1]))
-            rows += abs(m) * np.abs(t) * absw[i - 1].sum(axis=1)  # |P_{i,i−1}| 1
         if i < k - 1:
             # the next layer's α_{i+1}β_{i+1}·W_{i+1}ᵀT_{i+1}W_{i+1} and the transposed sub-diagonal block
             w, t = weights[i], ts[i]
             a = slopes[i][0] * slopes[i][1]
-            m = 0.5 * (slopes[i][0] + slopes[i][1])
             if a != 0.0:
                 block = block + a * (w.T @ (t[:, None] * w))
-                rows += abs(a) * (absw[i].T @ (np.abs(t) * absw[i].sum(axis=1)))
-            rows += abs(m) * (absw[i].T @ np.abs(t))
         else:
             w = weights[k - 1]
             block = block - w.T @ w
-            rows += absw[k - 1].T @ absw[k - 1].sum(axis=1)
         diag.append(0.5 * (block + block.T))  # symmetric in exact arithmetic; the error bound covers this too
+    return diag, sub, row_abs_sums([np.abs(w) for w in weights], slopes, rho, ts)
+
+
+def row_abs_sums(
+    absw: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], rho: float, ts: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """Row sums of |P|abs per block: P's sums with every term replaced by its absolute value, for the entry-wise
+    non-negative matrices ``absw`` in place of |W_i|. Monotone in each of them (all coefficients are ≥ 0)."""
+    k = len(absw)
+    sizes = block_sizes(absw)
+    rowabs: list[np.ndarray] = []
+    for i in range(k):
+        if i == 0:
+            rows = np.full(sizes[0], abs(rho))
+        else:
+            t = ts[i - 1]
+            m = 0.5 * (slopes[i - 1][0] + slopes[i - 1][1])
+            rows = np.abs(t) + abs(m) * np.abs(t) * absw[i - 1].sum(axis=1)  # |P_ii| diagonal, |P_{i,i−1}| 1
+        if i < k - 1:
+            t = ts[i]
+            a = slopes[i][0] * slopes[i][1]
+            m = 0.5 * (slopes[i][0] + slopes[i][1])
+            if a != 0.0:
+                rows = rows + abs(a) * (absw[i].T @ (np.abs(t) * absw[i].sum(axis=1)))
+            rows = rows + abs(m) * (absw[i].T @ np.abs(t))
+        else:
+            rows = rows + absw[k - 1].T @ absw[k - 1].sum(axis=1)
         rowabs.append(rows)
-    return diag, sub, rowabs
+    return rowabs
 
 
 def certify_psd(
-    weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], rho: float, ts: Sequence[np.ndarray]
+    weights: Sequence[np.ndarray],
+    slopes: Sequence[tuple[float, float]],
+    rho: float,
+    ts: Sequence[np.ndarray],
+    errors: Sequence[np.ndarray | None] | None = None,
 ) -> bool:
     """True only if P(ρ, T) ⪰ 0 holds in exact arithmetic for these float64 values (see the module docstring).
 
-    ``weights`` must be finite float64 of moderate magnitude (normalize them first), ``ts`` ≥ 0."""
+    ``weights`` must be finite float64 of moderate magnitude (normalize them first), ``ts`` ≥ 0. ``errors`` (for
+    weights that are themselves computed, e.g. a composed operator): entry-wise bounds E_i ≥ |W_i,true − W_i|; then
+    the certificate holds for every chain within them. P is a polynomial with non-negative coefficients in the
+    |entries|, so |P(W_true) − P(W)| ≤ |P|abs(|W| + E) − |P|abs(|W|) entry-wise, whose largest row sum joins e_form."""
     if any(np.any(t < 0) or not np.all(np.isfinite(t)) for t in ts) or not np.isfinite(rho):
         return False
     diag, sub, rowabs = lmi_blocks(weights, slopes, rho, ts)
     sizes = [b.shape[0] for b in diag]
     n = sum(sizes)
     inner = max([int(w.shape[0]) for w in weights] + [int(w.shape[1]) for w in weights]) + 6
-    row_max = max(float(r.max(initial=0.0)) for r in rowabs) * (1.0 + _gamma(inner))
-    e_form = _gamma(inner) * row_max * (1.0 + _gamma(inner))
+    g = _gamma(inner)
+    perturbation = 0.0
+    if errors is not None and any(e is not None for e in errors):
+        widened = [np.abs(w) + (e if e is not None else 0.0) for w, e in zip(weights, errors, strict=True)]
+        if not all(np.all(np.isfinite(x)) for x in widened):
+            return False
+        big = row_abs_sums(widened, slopes, rho, ts)
+        perturbation = max(float(np.max(b * (1.0 + g) - r * (1.0 - g), initial=0.0)) for b, r in zip(big, rowabs))
+        rowabs = big
+    row_max = max(float(r.max(initial=0.0)) for r in rowabs) * (1.0 + g)
+    e_form = g * row_max * (1.0 + g) + perturbation * (1.0 + g)
     diag_abs = np.concatenate([np.abs(np.diagonal(b)) for b in diag])
     if not np.all(np.isfinite(diag_abs)) or not np.isfinite(e_form):
         return False
@@ -108,6 +143,21 @@ def certify_psd(
     if n <= DENSE_MAX_ORDER:
         return _dense_completes(diag, sub, delta)
     return _banded_completes(diag, sub, delta)
+
+
+def dense_psd(p: np.ndarray, e_form: float) -> bool:
+    """True only if every symmetric matrix within spectral distance ``e_form`` of the float64 matrix ``p`` (its lower
+    triangle is read) is ⪰ 0: the Cholesky test of :func:`certify_psd` on a full matrix. ``p`` is overwritten."""
+    n = int(p.shape[0])
+    diag_abs = np.abs(np.diagonal(p))
+    if not np.all(np.isfinite(diag_abs)) or not math.isfinite(e_form):
+        return False
+    delta = 2.0 * (e_form + _gamma(n + 1) * float(diag_abs.sum()) + EPS64 * float(diag_abs.max(initial=0.0)))
+    from scipy.linalg.lapack import dpotrf
+
+    p[np.diag_indices(n)] -= delta
+    _, info = dpotrf(np.asfortranarray(p), lower=1, clean=0, overwrite_a=1)
+    return bool(info == 0)
 
 
 def _dense_completes(diag: list[np.ndarray], sub: list[np.ndarray], delta: float) -> bool:
