@@ -121,8 +121,8 @@ def test_lipsdp_on_a_graph_that_is_not_a_chain_gives_the_product_and_says_why() 
     # LMIs (order 4096) are over: it says so and points to --method blocks
     auto = lipcheck.analyze(RESNET, lower_bound=False)
     assert [b.method for b in auto.bounds] == ["product"] and auto.notes[:-1] == report.notes[:-1]
-    assert auto.notes[-1].startswith("blocks under auto left ") and "residual LMI of order 4096" in auto.notes[-1]
-    assert auto.notes[-1].endswith("--method blocks tries them")
+    assert auto.notes[-1].startswith("blocks under auto gained nothing within its limits (/b1_conv1/Conv: ")
+    assert "residual LMI of order 4096" in auto.notes[-1] and auto.notes[-1].endswith("--method blocks tries larger ones")
 
 
 def test_auto_leaves_large_chains_to_an_explicit_lipsdp() -> None:

@@ -275,9 +275,49 @@ def _best(nodes: Sequence[Node], candidates: dict[str, float], product: float, s
                        note if method == "product" else "", dict(candidates))
 
 
+def _windows(graph: Graph, run: Sequence[Piece], max_order: int) -> list[list[Piece]]:
+    """The run cut into consecutive windows whose chain LMI (entry size + activation sizes) has order at most
+    ``max_order``, each as long as it can be (a window that cannot fit holds one piece)."""
+    windows: list[list[Piece]] = []
+    current: list[Piece] = []
+    order = 0
+    for piece in run:
+        size = int(math.prod(graph.shape(piece.entry)))
+        if not current:
+            current, order = [piece], size + (size if piece.kind == "activation" else 0)
+            continue
+        extra = size if piece.kind == "activation" else 0
+        if order + extra <= max_order:
+            current.append(piece)
+            order += extra
+        else:
+            windows.append(current)
+            current, order = [piece], size + extra
+    if current:
+        windows.append(current)
+    return windows
+
+
 def _chain_run(graph: Graph, run: Sequence[Piece], bounds: Mapping[str, tuple[Any, tuple[int, ...]]],
                limits: Limits, start: float, on_piece: Callable[[str], None] | None,
                chain_cls: Any, lipsdp_fn: Any) -> list[PieceResult]:
+    """Factors of a run of linear pieces and activations, window by window (:func:`_windows`): a run whose whole LMI
+    is over the order limit may still hold sub-chains that fit (a CNN's later, smaller layers)."""
+    results: list[PieceResult] = []
+    windows = _windows(graph, run, limits.max_order)
+    for window in windows:
+        results.extend(_chain_window(graph, window, bounds, limits, start, on_piece, chain_cls, lipsdp_fn))
+    if len(windows) > 1 and any(p.kind == "activation" for p in run) and any(p.kind == "linear" for p in run):
+        order = int(math.prod(graph.shape(run[0].entry))) + sum(
+            int(math.prod(graph.shape(p.entry))) for p in run if p.kind == "activation")
+        note = f"the chain's LMI of order {order} is over the limit {limits.max_order}: {len(windows)} windows"
+        results[0].note = f"{results[0].note}; {note}" if results[0].note else note
+    return results
+
+
+def _chain_window(graph: Graph, run: Sequence[Piece], bounds: Mapping[str, tuple[Any, tuple[int, ...]]],
+                  limits: Limits, start: float, on_piece: Callable[[str], None] | None,
+                  chain_cls: Any, lipsdp_fn: Any) -> list[PieceResult]:
     """Factors of a run of linear pieces and activations: one lipsdp factor for the whole run when it is certified
     tighter than the pieces one by one (each linear piece composed into one operator where it can be)."""
     t_run = time.perf_counter()

@@ -152,8 +152,8 @@ def blocks_result(
         limited = [b for b in detail.get("blocks", []) if "limit" in str(b.get("note", ""))]
         if not limited:
             return None, None
-        return None, (f"blocks under auto left {len(limited)} piece(s) to the product (over its size or time limits, "
-                      f"first: {limited[0]['first']}: {limited[0]['note']}); --method blocks tries them")
+        return None, (f"blocks under auto gained nothing within its limits ({limited[0]['first']}: "
+                      f"{limited[0]['note']}); --method blocks tries larger ones")
     if not result.certified or result.value is None:
         reason = str(detail.get("reason", "no certificate"))
         detail["reason"] = reason
