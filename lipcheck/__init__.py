@@ -31,8 +31,10 @@ def analyze(model: Any, input_shape: Any = None, **options: Any) -> Report:
     ExportedProgram) or a loaded Graph. ``input_shape``: a shape ``(1, 3, 32, 32)`` for a single input, or a
     mapping ``{name: shape}``. Options: power_iterations, tolerance, seed, exact_limit, lower_bound,
     lower_bound_seconds, progress, jobs, cache_dir, force, limits; ``method`` = ``"auto"`` (default: the product,
-    plus LipSDP-Neuron on small MLP chains), ``"product"`` or ``"lipsdp"``; for PyTorch files trust_pickle, arch,
-    arch_kwargs, key. ``report.upper_bound`` is the least certified value in ``report.bounds``.
+    plus LipSDP-Neuron on small MLP chains and the blocks method within small limits elsewhere), ``"product"``,
+    ``"lipsdp"`` or ``"blocks"``; ``domain`` = ``(lo, hi)`` for every float input or ``{name: (lo, hi)}``: also a
+    certified bound on that input box (``report.local``), with a lower bound measured inside it; for PyTorch files
+    trust_pickle, arch, arch_kwargs, key. ``report.upper_bound`` is the least certified value in ``report.bounds``.
     """
     from lipcheck.bound.analysis import analyze as _analyze
 

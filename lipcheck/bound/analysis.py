@@ -39,6 +39,10 @@ def analyze(
     force: bool = False,
     limits: ResourceLimits | None = None,
     method: str = "auto",
+    domain: Any = None,
+    around: Any = None,
+    radius: float | None = None,
+    norm: str = "2",
 ) -> Report:
     """Analyse a model: per-layer spectral norms, a certified upper bound, an estimate and a lower bound.
 
@@ -102,6 +106,14 @@ def analyze(
     if len(floats) > 1:
         notes.append("several float inputs: the bound is with respect to their concatenation")
 
+    box = None
+    if domain is not None:
+        from lipcheck.bound.local import parse_domain
+
+        box = parse_domain(domain, graph)  # before any work: a bad region is one line
+    points = None
+    if around is not None or radius is not None:
+        points = _points(around, radius, norm, graph)
     limits = ResourceLimits(enabled=False) if force else limits
     with budget.session(limits) as resources:
         budget.check_input_sizes({i.name: tuple(i.shape) for i in floats})
@@ -152,6 +164,23 @@ def analyze(
     if lower_bound:
         with budget.session(limits):
             lb = _lower_bound(graph, model, settings, progress)
+    local = None
+    if box is not None:
+        from lipcheck.bound.local import analyze_region
+
+        progress.start(0, "local bound on the region")
+        tight = [b for b in bounds if b.certified and b.value is not None]
+        best_global = min(tight, key=lambda b: b.value) if tight else None  # type: ignore[arg-type, return-value]
+        local = analyze_region(graph, result, box, lower=lower_bound, lower_seconds=lower_bound_seconds,
+                               seed=seed, global_bound=best_global.value if best_global else None,
+                               global_method=best_global.method if best_global else None)
+    around_result = None
+    if points is not None:
+        from lipcheck.bound.local import analyze_points
+
+        progress.start(0, f"local bounds around {points.shape[0]} points")
+        around_result = analyze_points(graph, result, points, float(radius), norm,  # type: ignore[arg-type]
+                                       global_bound=tightest(bounds), seed=seed)
     progress.finish()
     best = tightest(bounds)
     return Report(
@@ -168,7 +197,33 @@ def analyze(
         settings=settings,
         lipcheck_version=lipcheck.__version__,
         bounds=tuple(bounds),
+        local=local,
+        around=around_result,
     )
+
+
+def _points(around: Any, radius: float | None, norm: str, graph: Graph) -> Any:
+    """The points of ``around`` (a .npy / .npz path or an array) checked with ``radius`` and ``norm``."""
+    import numpy as np
+
+    from lipcheck.errors import UsageError
+
+    if around is None or radius is None:
+        raise UsageError("--around POINTS and --radius R go together")
+    if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
+        raise UsageError(f"--radius: expected a finite number above 0, got {radius!r}")
+    if norm not in ("2", "inf"):
+        raise UsageError(f"--norm: expected 2 or inf, got {norm!r}")
+    from lipcheck.bound.local import load_points
+
+    if isinstance(around, (str, os.PathLike)):
+        return load_points(os.fspath(around), graph)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # one validation path for arrays and files
+        path = os.path.join(tmp, "points.npy")
+        np.save(path, np.asarray(around, dtype=np.float64))
+        return load_points(path, graph)
 
 
 def _lower_bound(graph: Graph, model: Any, settings: Settings, progress: Progress) -> LowerBound:

@@ -24,14 +24,18 @@ image of those intervals, which each rule encloses in float64; then the interval
   BatchNormalization's few extra operations; the factor 2 covers float64 rounding in our own computation
   (≤ 2^-50 of ``|A|(m)``), weights the loader folded in float64 that the runtime folds in ``u``, and runtime
   fusions of neighbours (BatchNormalization or a constant Add folded into a Conv). ``tiny`` (the smallest normal
-  number) covers gradual underflow and flush-to-zero of each product.
+  number) covers gradual underflow and flush-to-zero of each product. With nonnegative weights (pools,
+  ReduceSum / ReduceMean, Sum) the floating-point evaluation is itself monotone in each input, so the lower bound
+  is widened with the magnitudes of the lower bounds only, and the upper with those of the upper bounds. Where a
+  partial sum may overflow (magnitudes beyond half the largest value) the bound is infinite.
 - one correctly rounded operation (Add, Sub, Mul, Div, Sqrt, Reciprocal, Pow, Cast to a narrower type): rounding
   is monotone, so ``fl(y) ∈ [fl(lo), fl(hi)] ⊆ [lo - u|lo|, hi + u|hi|]``. Widened by ``δ = 128u`` relative
   (≈ 7.6e-6 for float32) plus ``tiny``.
 - transcendental functions (Exp, Log, Sigmoid, Tanh, Erf, Softplus, Gelu, Mish, Elu...): ASSUMED accurate to
   ``|f_model(x) - f(x)| ≤ δ·(|f(x)| + s)`` with ``s = 1`` for functions with O(1) values near their small
-  outputs (``s = 0`` for Exp and the power functions). Vectorized runtimes (MLAS) document errors of a few ulps;
-  δ leaves a factor of ~30 over that, and over fused kernels (FastGelu) that compute the same function.
+  outputs (``s = 0`` for Exp and the power functions). This is an assumption about the runtime, not a theorem:
+  its vectorized kernels (MLAS) and fused ones (FastGelu...) are accurate to a few ulps in practice, and
+  δ = 128 ulps leaves a wide factor over that; tests/bound/test_ranges.py checks it against onnxruntime.
 - Softmax / LogSoftmax and the normalizations (LayerNormalization, InstanceNormalization, GroupNormalization,
   RMSNormalization): see their helpers; the variance's rounding (``E[x²] - μ²`` in one pass, the worst case) is
   bounded a priori, and rows where it could cancel epsilon are reported unbounded.
@@ -169,6 +173,17 @@ def _widen(lo: Array, hi: Array, prec: _Precision, rel: float | Array = 0.0, abs
     return _finish(lo2, hi2, prec)
 
 
+def _widen_sides(lo: Array, hi: Array, prec: _Precision, n: int, mag_lo: Array, mag_hi: Array) -> Interval:
+    """The sum-of-products margin of a MONOTONE op (nonnegative weights), per side: [lo - 2γ_{n+4}·mag_lo,
+    hi + 2γ_{n+4}·mag_hi] (+ tiny); infinite where a partial sum may overflow."""
+    g, tiny = 2.0 * prec.gamma(n + 4), (n + 4) * prec.tiny
+    with np.errstate(invalid="ignore", over="ignore"):
+        lo2, hi2 = lo - g * mag_lo - tiny, hi + g * mag_hi + tiny
+    lo2 = np.where(mag_lo > 0.5 * prec.max, -_INF, lo2)
+    hi2 = np.where(mag_hi > 0.5 * prec.max, _INF, hi2)
+    return _finish(lo2, hi2, prec)
+
+
 def _smul(a: Array, b: Array) -> Array:
     """a·b with 0·inf = 0 (the true values are finite: 0 times anything is 0)."""
     with np.errstate(invalid="ignore", over="ignore"):
@@ -203,8 +218,9 @@ def _assemble(center: Array, rad: Array, mag: Array, inf: Array | None, n: int, 
     margin = 2.0 * prec.gamma(n + 4) * mag + (n + 4) * prec.tiny
     with np.errstate(invalid="ignore", over="ignore"):
         lo, hi = center - rad - margin, center + rad + margin
-    if inf is not None:
-        lo, hi = np.where(inf, -_INF, lo), np.where(inf, _INF, hi)
+    big = mag > 0.5 * prec.max  # a partial sum may overflow
+    inf = big if inf is None else (inf | big)
+    lo, hi = np.where(inf, -_INF, lo), np.where(inf, _INF, hi)
     return _finish(lo, hi, prec)
 
 
@@ -370,7 +386,7 @@ def propagate(graph: Graph, box: Mapping[str, tuple[np.ndarray | float, np.ndarr
                 else:
                     src = next((n for n in node.inputs if n and n in env and not env[n].is_finite), None)
                     unbounded[name] = (f"{node.label}: input {src!r} is unbounded" if src
-                                       else f"{node.label}: the bounds overflow {prec.name}")
+                                       else f"{node.label}: infinite bounds (a pole, or beyond {prec.name})")
     return Ranges(intervals=env, unbounded=unbounded, graph=graph, precision=prec.name)
 
 
@@ -543,21 +559,24 @@ def _select_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
     his = _run_op(node, ctx, {i: v.hi for i, v in ivs.items()})
     if not linear:
         return [_finish(lo, hi, None) for lo, hi in zip(los, his, strict=True)]
-    mags = _run_op(node, ctx, {i: np.maximum(np.abs(v.lo), np.abs(v.hi)) for i, v in ivs.items()})
+    # A sum of nonnegative multiples is non-decreasing in each term also in floating point (rounding is
+    # monotone), so the model's value is ≥ its value at lo, ≥ op(lo) - γ·op(|lo|): each side needs its own
+    # magnitudes only (a finite lower bound survives an infinite upper one).
+    mags_lo = _run_op(node, ctx, {i: np.abs(v.lo) for i, v in ivs.items()})
+    mags_hi = _run_op(node, ctx, {i: np.abs(v.hi) for i, v in ivs.items()})
     x_shape = ivs[0].shape
     outs = []
-    for lo, hi, mag in zip(los, his, mags, strict=True):
-        if op in ("Resize", "Upsample"):  # x0 + w·(x1 - x0) per axis: bounded by the global magnitude
+    for lo, hi, mag_lo, mag_hi in zip(los, his, mags_lo, mags_hi, strict=True):
+        if op in ("Resize", "Upsample"):  # x0 + w·(x1 - x0) per axis (not monotone): the global magnitude
             n = 4 * len(x_shape) + 4
-            mag = np.full_like(lo, np.max(mag) if mag.size else 0.0)
+            mag_lo = mag_hi = np.full_like(lo, max(np.max(mag_lo), np.max(mag_hi)) if lo.size else 0.0)
         elif op == "AveragePool":
             n = int(np.prod(node.attr("kernel_shape") or [1]))
         elif op == "CumSum":
             n = max(x_shape) if x_shape else 1
         else:
             n = max(1, int(np.prod(x_shape)) // max(1, lo.size))
-        margin = 2.0 * ctx.prec.gamma(n + 4) * mag + (n + 4) * ctx.prec.tiny
-        outs.append(_widen(lo, hi, ctx.prec, 0.0, margin))
+        outs.append(_widen_sides(lo, hi, ctx.prec, n, mag_lo, mag_hi))
     return outs  # type: ignore[return-value]
 
 
@@ -830,11 +849,12 @@ def _sum_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
     with np.errstate(invalid="ignore", over="ignore"):
         lo = functools.reduce(np.add, [v.lo for v in ivs])
         hi = functools.reduce(np.add, [v.hi for v in ivs])
-        mag = functools.reduce(np.add, [np.maximum(np.abs(v.lo), np.abs(v.hi)) for v in ivs])
+        mag_lo = functools.reduce(np.add, [np.abs(v.lo) for v in ivs])  # monotone: see _select_rule
+        mag_hi = functools.reduce(np.add, [np.abs(v.hi) for v in ivs])
         if node.op_type == "Mean":
-            lo, hi, mag = lo / k, hi / k, mag / k
+            lo, hi, mag_lo, mag_hi = lo / k, hi / k, mag_lo / k, mag_hi / k
     out = ctx.widen(lo, hi)
-    return [_widen(out.lo, out.hi, ctx.prec, 0.0, 2.0 * ctx.prec.gamma(k + 4) * mag)]
+    return [_widen_sides(out.lo, out.hi, ctx.prec, k, mag_lo, mag_hi)]
 
 
 @_rule("Where")
@@ -923,6 +943,7 @@ def _normalized(lo: Array, hi: Array, eps: float, prec: _Precision, centered: bo
     m = np.maximum(np.abs(lo_f), np.abs(hi_f))
     mean_m = np.mean(m, axis=-1, keepdims=True)
     e2max = np.mean(m * m, axis=-1, keepdims=True) * (1 + 1e-12)
+    fin = fin & (e2max * n < 0.5 * prec.max)  # the model's sum of squares may overflow
     if centered:
         s64 = 4.0 * n * t64 * mean_m + 4.0 * t64 * m  # our float64 rounding of the sums
         s_lo, s_hi = np.sum(lo_f, axis=-1, keepdims=True), np.sum(hi_f, axis=-1, keepdims=True)

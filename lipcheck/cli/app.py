@@ -234,6 +234,15 @@ _METHOD_HELP = ("How the certified bound is composed: product (AutoLip, per-laye
                 "neurons, blocks within smaller limits on other models). The report shows every method's value; "
                 "the bound is the least.")
 MethodOpt = Annotated[Method, typer.Option("--method", case_sensitive=False, help=_METHOD_HELP)]
+_DOMAIN_HELP = ("Also bound the model on an input region: LO,HI for every float input, or NAME=LO,HI per input "
+                "(repeat the option; integer inputs need their own range). Reports a certified local bound and a "
+                "lower bound measured inside the region.")
+DomainOpt = Annotated[list[str] | None, typer.Option("--domain", metavar="[NAME=]LO,HI", help=_DOMAIN_HELP)]
+AroundOpt = Annotated[str | None, typer.Option(
+    "--around", metavar="POINTS", help="A .npy / .npz of points (one per row): certified local bounds on the ball of "
+    "--radius around each, ‖J‖ at each and at interpolates, and a classifier's certified radius.")]
+RadiusOpt = Annotated[float | None, typer.Option("--radius", help="Radius of the balls of --around.")]
+NormOpt = Annotated[str, typer.Option("--norm", metavar="2|inf", help="Norm of the --around balls (default 2).")]
 _FORCE_HELP = ("Lift the resource limits: analyse inputs above 2^31 elements and run every stage however much "
                "memory or time it is estimated to take (default: such stages are skipped with the reason).")
 ForceOpt = Annotated[bool, typer.Option("--force", "--no-resource-limits", help=_FORCE_HELP)]
@@ -428,6 +437,10 @@ def analyze(
     exact_limit: ExactLimitOpt = 2_000_000,
     no_exact: NoExactOpt = False,
     method: MethodOpt = Method.AUTO,
+    domain: DomainOpt = None,
+    around: AroundOpt = None,
+    radius: RadiusOpt = None,
+    norm: NormOpt = "2",
     no_lower_bound: Annotated[
         bool, typer.Option("--no-lower-bound", help="Skip the empirical lower bound.")
     ] = False,
@@ -487,6 +500,10 @@ def analyze(
                 lower_bound=not no_lower_bound,
                 lower_bound_seconds=lower_bound_seconds,
                 method=method.value,
+                domain=";".join(domain) if domain else None,
+                around=around,
+                radius=radius,
+                norm=norm,
                 progress=observer,
                 trust_pickle=trust_pickle,
                 arch=arch,
@@ -771,6 +788,11 @@ def check(
         typer.Option("--method", case_sensitive=False, show_default=False, rich_help_panel=_ANALYSIS_PANEL,
                      help=_METHOD_HELP + " Default auto."),
     ] = None,
+    domain: Annotated[
+        list[str] | None,
+        typer.Option("--domain", metavar="[NAME=]LO,HI", show_default=False, rich_help_panel=_ANALYSIS_PANEL,
+                     help=_DOMAIN_HELP + " The gate stays on the global bound."),
+    ] = None,
     jobs: Annotated[
         str | None,
         typer.Option("--jobs", "-j", metavar="N", envvar="LIPCHECK_JOBS", show_default=False,
@@ -847,6 +869,7 @@ def check(
             exact_limit=exact_limit,
             exact=False if no_exact else None,
             method=method.value if method is not None else None,
+            domain=";".join(domain) if domain else None,
             lower_bound=lower_bound,
             lower_bound_seconds=lower_bound_seconds,
             arch=arch,

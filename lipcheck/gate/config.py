@@ -79,7 +79,8 @@ class ModelOptions:
     seed: int | None = None
     exact_limit: int | None = None
     exact: bool | None = None
-    method: str | None = None  # auto, product or lipsdp (lipcheck.bound.methods.choose)
+    method: str | None = None  # auto, product, lipsdp or blocks (lipcheck.bound.methods.choose)
+    domain: str | None = None  # an input region, "LO,HI" or "NAME=LO,HI;..." (lipcheck.bound.local.parse_domain)
     lower_bound: bool | None = None
     lower_bound_seconds: float | None = None
     arch: str | None = None
@@ -265,6 +266,32 @@ def _method(value: Any, where: _Where) -> str:
     return value.strip().lower()
 
 
+def _domain(value: Any, where: _Where) -> str:
+    """``domain = "0,1"``, ``[0, 1]``, or a table ``{image = [0, 1], mask = "0,1"}``: kept as the string form of
+    ``--domain`` ("LO,HI" or "NAME=LO,HI;..."), checked against the model when it is analysed."""
+
+    def pair(v: Any, w: _Where) -> str:
+        if isinstance(v, str) and len(v.split(",")) == 2:
+            parts: list[Any] = v.split(",")
+        elif isinstance(v, list) and len(v) == 2:
+            parts = v
+        else:
+            raise w.error(f"expected \"LO,HI\" or [LO, HI], got {v!r}")
+        try:
+            lo, hi = float(parts[0]), float(parts[1])
+        except (TypeError, ValueError):
+            raise w.error(f"expected two numbers, got {v!r}") from None
+        if not lo < hi:
+            raise w.error(f"expected LO < HI, got {v!r}")
+        return f"{lo!r},{hi!r}"
+
+    if isinstance(value, dict):
+        if not value:
+            raise where.error("expected at least one input name = [LO, HI]")
+        return ";".join(f"{name}={pair(v, where.child(str(name)))}" for name, v in value.items())
+    return pair(value, where)
+
+
 def _jobs(value: Any, where: _Where) -> int:
     """``jobs = 2``, or ``0`` / ``"auto"`` for one process per CPU (kept as 0)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
@@ -289,6 +316,7 @@ _OPTION_KEYS: dict[str, tuple[str, Parser]] = {
     "exact-limit": ("exact_limit", _integer(0)),
     "exact": ("exact", _boolean),
     "method": ("method", _method),
+    "domain": ("domain", _domain),
     "lower-bound": ("lower_bound", _boolean),
     "lower-bound-seconds": ("lower_bound_seconds", _number(0.0, strict=False)),
     "arch": ("arch", _arch),

@@ -50,6 +50,7 @@ class AnalysisOptions:
     cache_dir: str | None = None
     force: bool = False  # lift the resource limits (lipcheck.budget)
     method: str = "auto"  # the composition methods (lipcheck.bound.methods.choose)
+    domain: str | None = None  # an input region: the report then has a local bound too (lipcheck.bound.local)
 
     def kwargs(self) -> dict[str, Any]:
         return {
@@ -67,6 +68,7 @@ class AnalysisOptions:
             "cache_dir": self.cache_dir,
             "force": self.force,
             "method": self.method,
+            **({"domain": self.domain} if self.domain is not None else {}),
         }
 
 
@@ -104,6 +106,7 @@ def _target(path: str, name: str, options: ModelOptions) -> Target:
         cache_dir=options.cache,
         force=bool(options.force),
         method=_or(options.method, defaults.method),
+        domain=options.domain,
     )
     thresholds = Thresholds(
         max_lipschitz=options.max_lipschitz,

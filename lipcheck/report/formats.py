@@ -191,6 +191,81 @@ def _ratio_fact(report: Report) -> Fact:
     return Fact(RATIO_LABEL, f"n/a ({why})")
 
 
+LOCAL_LABEL = "Local bound on the region"
+LOCAL_LOWER_LABEL = "Lower bound inside the region"
+
+
+def _region_text(region: Any) -> str:
+    return ", ".join(f"{name} ∈ [{lo:g}, {hi:g}]" for name, (lo, hi) in region.items())
+
+
+def _local_facts(report: Report) -> list[Fact]:
+    """The bound on the input region (``--domain``), when one was given."""
+    local = report.local
+    if local is None:
+        return []
+    region = _region_text(local.region)
+    if local.upper_bound is None:
+        n = len(local.unbounded)
+        first = f"; {local.unbounded[0].node}: {local.unbounded[0].reason}" if n else ""
+        upper = Fact(LOCAL_LABEL, f"{UNBOUNDED} on {region} ({n} node{'s' if n != 1 else ''}{first})", warning=True)
+    else:
+        how = "certified" if local.method == "local" else f"certified: the {local.method} bound is lower"
+        upper = Fact(LOCAL_LABEL, f"{format_number(local.upper_bound)} on {region} ({how})")
+    if local.lower_bound is None:
+        lower = Fact(LOCAL_LOWER_LABEL, f"none ({local.note or 'disabled'})")
+    else:
+        ratio = local.ratio
+        lower = Fact(LOCAL_LOWER_LABEL, f"{format_number(local.lower_bound)} ({local.lower_points} points"
+                     + (f"; ratio {format_number(ratio)}" if ratio is not None else "") + ")")
+    return [upper, lower]
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "none"
+    v = sorted(values)
+    return f"{format_number(v[0])} – {format_number(v[len(v) // 2])} – {format_number(v[-1])}"
+
+
+def around_lines(report: Report) -> list[str]:
+    """``--around``: the per-point results in a few lines (min – median – max), and the gradient-penalty view."""
+    around = report.around
+    if around is None:
+        return []
+    pts = around.points
+    bounded = [p.upper_bound for p in pts if p.upper_bound is not None]
+    norms = [p.jacobian_norm for p in pts if p.jacobian_norm is not None]
+    radii = [p.certified_radius for p in pts if p.certified_radius is not None]
+    ball = "L2 ball" if around.norm == "2" else "L∞ box"
+    lines = [f"{len(pts)} points, {ball} of radius {around.radius:g} around each (min – median – max)",
+             f"certified local bound: {_spread(bounded)}"
+             + (f"; unbounded at {len(pts) - len(bounded)} point(s)" if len(bounded) < len(pts) else ""),
+             f"‖J(x)‖₂ at the points: {_spread(norms)}"]
+    if around.interpolate_norms:
+        lines.append(f"‖J‖₂ at {len(around.interpolate_norms)} random interpolates between pairs (what WGAN-GP "
+                     f"penalizes): {_spread(list(around.interpolate_norms))}")
+    if radii:
+        lines.append(f"certified radius (top-two margin / (√2·L), at most {around.radius:g}): {_spread(radii)}")
+    every = norms + list(around.interpolate_norms)
+    if every and bounded:
+        glob = "unbounded" if report.upper_bound is None else f"≤ {format_number(report.upper_bound)}"
+        lines.append(f"gradient norm {format_number(min(every))}–{format_number(max(every))} where the data is; "
+                     f"certified ≤ {format_number(max(bounded))} on the balls; global {glob}")
+    return lines
+
+
+def local_lines(report: Report) -> list[str]:
+    """The ops whose constant the region lowered."""
+    if report.local is None:
+        return []
+    out = []
+    for c in report.local.changed:
+        before = "unbounded" if c["global"] is None else format_number(c["global"])
+        out.append(f"{c['node']} ({c['op']}): {before} → {format_number(c['local'])} — {c['rule']}")
+    return out
+
+
 def _audit_lines(report: Report) -> list[Fact]:
     """The audit's verdict (``Report.spectral_norm_audit``) and a line for weight-normalized layers."""
     lines = []
@@ -244,6 +319,7 @@ def summarize(report: Report, footnotes: Footnotes | None = None) -> Summary:
             Fact(ESTIMATE_LABEL, format_number(report.estimate, none=UNBOUNDED)),
             _lower_fact(report),
             _ratio_fact(report),
+            *_local_facts(report),
         ],
         sections=[
             (title, items)
@@ -251,6 +327,8 @@ def summarize(report: Report, footnotes: Footnotes | None = None) -> Summary:
                 ("Unbounded nodes", unbounded),
                 ("Other ops with a constant other than 1", constants),
                 (BLOCKS_TITLE, block_lines(report)),
+                ("Ops the region tightened (global → local constant)", local_lines(report)),
+                ("Around the given points", around_lines(report)),
                 ("Notes", list(report.notes)),
             )
             if items

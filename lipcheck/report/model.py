@@ -158,6 +158,78 @@ class BoundResult:
 
 
 @dataclass(frozen=True)
+class LocalBound:
+    """The bound on an input region (``--domain``): certified on the region, beside the global one.
+
+    ``region``: each input's box, as given (``lo``, ``hi`` scalars). ``upper_bound``: a certified upper bound on the
+    Lipschitz constant of the model restricted to the region (None: unbounded there, ``unbounded`` says where).
+    ``lower_bound``: max ‖J(x)‖₂ at ``lower_points`` points strictly inside the region (never outside it).
+    ``changed``: the ops whose constant the region lowered: node, op, global constant (None: none), local constant,
+    rule."""
+
+    region: Mapping[str, tuple[float, float]]
+    upper_bound: float | None
+    certified: bool
+    lower_bound: float | None
+    lower_points: int
+    unbounded: tuple[Unbounded, ...] = ()
+    changed: tuple[Mapping[str, Any], ...] = ()
+    seconds: float = 0.0
+    note: str | None = None
+    method: str = "local"  # "local" (the composition with local constants) or "global (<method>)" when that is less
+
+    @property
+    def ratio(self) -> float | None:
+        if self.upper_bound is None or not self.lower_bound:
+            return None
+        return self.upper_bound / self.lower_bound
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "region": {k: [float(v[0]), float(v[1])] for k, v in self.region.items()},
+            "upper_bound": self.upper_bound,
+            "certified": self.certified,
+            "method": self.method,
+            "lower_bound": self.lower_bound,
+            "lower_points": self.lower_points,
+            "ratio": self.ratio,
+            "unbounded": [asdict(u) for u in self.unbounded],
+            "changed": [dict(c) for c in self.changed],
+            "seconds": self.seconds,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class PointResult:
+    """One point of ``--around``: the certified local bound on its ball (None: unbounded there, ``unbounded_at``
+    names the first node), ‖J(x)‖₂ at the point, and for a classifier the top-two margin and the certified radius."""
+
+    index: int
+    upper_bound: float | None
+    jacobian_norm: float | None
+    margin: float | None = None
+    certified_radius: float | None = None
+    unbounded_at: str | None = None
+
+
+@dataclass(frozen=True)
+class AroundResult:
+    """``--around POINTS --radius R``: per-point results, and ‖J‖ at random interpolates between pairs of points
+    (the gradient norms WGAN-GP penalizes)."""
+
+    radius: float
+    norm: str
+    points: tuple[PointResult, ...]
+    interpolate_norms: tuple[float, ...] = ()
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"radius": self.radius, "norm": self.norm, "points": [asdict(p) for p in self.points],
+                "interpolate_jacobian_norms": list(self.interpolate_norms), "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
 class InputInfo:
     name: str
     shape: tuple[int, ...]
@@ -190,6 +262,8 @@ class Report:
     settings: Settings = field(default_factory=Settings)
     lipcheck_version: str = ""
     bounds: tuple[BoundResult, ...] = ()  # every composition method's result; upper_bound is the least certified
+    local: LocalBound | None = None  # the bound on the input region, when one was given (--domain)
+    around: AroundResult | None = None  # per-point bounds around given points (--around, --radius)
 
     @property
     def method(self) -> str | None:
@@ -307,6 +381,8 @@ class Report:
             "ops": [asdict(o) for o in self.ops],
             "notes": list(self.notes),
             "settings": asdict(self.settings),
+            **({"local": self.local.to_dict()} if self.local is not None else {}),
+            **({"around": self.around.to_dict()} if self.around is not None else {}),
         }
 
 

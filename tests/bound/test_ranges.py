@@ -119,7 +119,7 @@ def make_model(nodes: Sequence[onnx.NodeProto], inputs: Mapping[str, Sequence[in
                input_types: Mapping[str, int] | None = None) -> onnx.ModelProto:
     ins = [helper.make_tensor_value_info(k, (input_types or {}).get(k, TensorProto.FLOAT), list(v))
            for k, v in inputs.items()]
-    inits = dict(inits or {}) or {"unused_weight": np.ones(1, F32)}  # the loader wants at least one initializer
+    inits = dict(inits or {})
     graph = helper.make_graph(list(nodes), "case", ins, [onnx.ValueInfoProto(name=o) for o in outputs],
                               [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -610,6 +610,53 @@ def test_unknown_op_gives_infinite_bounds_that_later_ops_handle() -> None:
         assert iv.is_finite and name not in ranges.unbounded
         assert float(iv.lo.min()) >= -1e-4 and float(iv.hi.max()) <= 1 + 1e-4
     assert np.all(ranges["a"].lo >= -1.0 - 1e-4) and np.all(ranges["a"].hi == math.inf)
+
+
+def test_infinite_intervals_through_linear_ops() -> None:
+    """Only the outputs that read an unbounded element (with a nonzero weight) become unbounded."""
+    wt = np.array([[1.0, -2.0, 0.0, 0.0], [0.0, 0.0, 3.0, 1.0]])  # output 0 reads x only, output 1 reads y only
+    nodes = [Node("mystery", "Mystery", ("x",), ("y",)), Node("cat", "Concat", ("x", "y"), ("c",), {"axis": 1}),
+             Node("gemm", "Gemm", ("c", "w", "b"), ("g",), {"transB": 1}),
+             Node("mm", "MatMul", ("c", "wt"), ("m",)), Node("sm", "Softmax", ("c",), ("s",), {"axis": -1}),
+             Node("ln", "LayerNormalization", ("c", "one"), ("l",), {"axis": -1}),
+             Node("relu", "Relu", ("c",), ("r",)), Node("pool", "ReduceMean", ("r",), ("p",), {"axes": [1]})]
+    shapes = {"x": (1, 2), "y": (1, 2), "c": (1, 4), "g": (1, 2), "m": (1, 2), "s": (1, 4), "l": (1, 4),
+              "r": (1, 4), "p": (1, 1), "w": (2, 4), "b": (2,), "wt": (4, 2), "one": (4,)}
+    graph = _graph(nodes, shapes, {"x": "float32"}, ["g", "m", "s", "l", "p"])
+    graph = Graph(**{**graph.__dict__, "constants": {"w": wt, "b": np.array([0.5, 0.5]), "wt": wt.T,
+                                                     "one": np.ones(4)}})
+    ranges = propagate(graph, {"x": (-1.0, 1.0)})
+    for name in ("g", "m"):
+        iv = ranges[name]
+        assert np.isfinite(iv.lo[0, 0]) and np.isfinite(iv.hi[0, 0]), name
+        assert iv.lo[0, 1] == -math.inf and iv.hi[0, 1] == math.inf, name
+        assert "'c' is unbounded" in ranges.unbounded[name]
+    np.testing.assert_allclose([ranges["g"].lo[0, 0], ranges["g"].hi[0, 0]], [-2.5, 3.5], atol=1e-5)
+    s = ranges["s"]
+    assert float(s.lo.min()) >= 0.0 and float(s.hi.max()) <= 1 + 1e-4
+    assert np.all(s.lo[0, :2] == 0.0)  # an unbounded competitor can take all the mass
+    assert not np.isfinite(ranges["l"].lo).any()
+    assert ranges["p"].lo[0, 0] >= -1e-12 and ranges["p"].hi[0, 0] == math.inf
+
+
+def test_more_linear_forms() -> None:
+    nodes = [
+        helper.make_node("Gemm", ["a", "wa", "c"], ["g"], transA=1, alpha=0.5, beta=-2.0),
+        helper.make_node("MatMul", ["v", "wm"], ["mv"]), helper.make_node("MatMul", ["wm2", "v"], ["vm"]),
+        helper.make_node("Conv", ["x", "wc", "cb"], ["conv"], group=2, pads=[1, 1], dilations=[2]),
+        helper.make_node("ConvTranspose", ["x", "wt"], ["convt"], group=2, strides=[3]),
+        helper.make_node("Clip", ["v"], ["clip6"], min=-0.25, max=0.5),
+    ]
+    inits = {"wa": w(3, 2, seed=1), "wm": w(4, 3, seed=2), "wm2": w(5, 4, seed=3), "wc": w(4, 2, 3, seed=4),
+             "wt": w(4, 1, 2, seed=5)}
+    model = make_model(nodes[:5], {"a": [3, 4], "c": [4, 2], "v": [4], "x": [1, 4, 5], "cb": [4]},
+                       ["g", "mv", "vm", "conv", "convt"], inits, opset=13)
+    _, ranges = run_case(model, {"a": (-1.0, 1.0), "c": (0.0, 0.5), "v": (-1.0, 2.0), "x": (-0.5, 0.5),
+                                 "cb": (-0.1, 0.1)})
+    assert not ranges.unbounded
+    clip = make_model(nodes[5:], {"v": [4]}, ["clip6"], opset=6)
+    _, ranges = run_case(clip, {"v": (-1.0, 2.0)})
+    np.testing.assert_allclose([ranges["clip6"].lo.min(), ranges["clip6"].hi.max()], [-0.25, 0.5], rtol=1e-6)
 
 
 def test_box_validation() -> None:

@@ -82,7 +82,8 @@ def test_options_are_forwarded(fake: Callable[[Any], FakeAnalyze]) -> None:
         ["analyze", "m.onnx", "--input-shape", "1,4", "--power-iterations", "7", "--tolerance", "1e-4",
          "--seed", "3", "--exact-limit", "99", "--no-lower-bound", "--lower-bound-seconds", "0.5",
          "--no-progress", "--arch", "pkg.mod:make", "--arch-kwargs", '{"width": 2}', "--key", "ema",
-         "--trust-pickle", "--method", "LipSDP"],
+         "--trust-pickle", "--method", "LipSDP", "--domain", "0,1", "--domain", "x=-1,1", "--around", "p.npy",
+         "--radius", "0.25", "--norm", "inf"],
     )
     assert result.exit_code == 0, result.stderr
     [(model, options)] = analyze.calls
@@ -91,7 +92,8 @@ def test_options_are_forwarded(fake: Callable[[Any], FakeAnalyze]) -> None:
         "input_shape": (1, 4), "power_iterations": 7, "tolerance": 1e-4, "seed": 3, "exact_limit": 99,
         "lower_bound": False, "lower_bound_seconds": 0.5, "progress": None, "trust_pickle": True,
         "arch": "pkg.mod:make", "arch_kwargs": {"width": 2}, "key": "ema", "jobs": 1, "cache_dir": None,
-        "force": False, "method": "lipsdp",
+        "force": False, "method": "lipsdp", "domain": "0,1;x=-1,1", "around": "p.npy", "radius": 0.25,
+        "norm": "inf",
     }
 
 
