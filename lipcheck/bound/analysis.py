@@ -129,6 +129,12 @@ def analyze(
         notes.append("non-float outputs that depend on the input: " + ", ".join(o.name for o in other_outputs))
     upper = result.output_bound(graph, result.upper)
     bounds = [product_result(upper, walk_seconds)]
+    if not math.isfinite(upper) and result.unbounded and method != "product":
+        extra_ranges, ranges_note = _ranges_result(graph, result, progress)
+        if extra_ranges is not None:
+            bounds.append(extra_ranges)
+        if ranges_note is not None:
+            notes.append(ranges_note)
     extra, method_note = lipsdp_result(graph, method, on_start=lambda: progress.start(0, "composing: lipsdp"))
     if extra is not None:
         bounds.append(extra)
@@ -200,6 +206,24 @@ def analyze(
         local=local,
         around=around_result,
     )
+
+
+def _ranges_result(graph: Graph, result: Any, progress: Progress) -> tuple[Any, str | None]:
+    """Where the product is unbounded: the same composition with constants from the ranges every tensor takes over
+    all inputs (:func:`lipcheck.bound.local.ranges_global_bound`): gates σ(a)·tanh(b) are bounded products."""
+    from lipcheck.bound.local import ranges_global_bound
+    from lipcheck.report.model import BoundResult
+
+    progress.start(0, "composing: ranges")
+    start = time.perf_counter()
+    value, local, why = ranges_global_bound(graph, result)
+    seconds = time.perf_counter() - start
+    if value is None:
+        return None, None
+    changed = [c["node"] for c in (local.changed if local is not None else [])]
+    return (BoundResult("ranges", value, seconds, True, {"changed": changed}),
+            f"bounded through the ranges of its tensors over all inputs ({', '.join(changed[:5])}): products of "
+            "bounded tensors (gates) have a global constant")
 
 
 def _points(around: Any, radius: float | None, norm: str, graph: Graph) -> Any:

@@ -808,3 +808,25 @@ def analyze_points(graph: Graph, walked: WalkResult, points: np.ndarray, radius:
                 inter.append(value)
     return AroundResult(radius=radius, norm=norm, points=tuple(results), interpolate_norms=tuple(inter),
                         seconds=time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- global constants from ranges
+
+
+def ranges_global_bound(graph: Graph, walked: WalkResult) -> tuple[float | None, LocalResult | None, str | None]:
+    """The global bound again, with local constants on the ranges tensors take over ALL inputs (every input in
+    (−∞, ∞)): bounded functions make products of tensors finite where the product rule cannot (an LSTM / GRU gate
+    σ(a)·tanh(b), a mask σ(a)·σ(b)). (value or None, the composition, why there is none)."""
+    from lipcheck.bound.ranges import propagate
+
+    box = {i.name: (np.float64(-np.inf), np.float64(np.inf)) for i in graph.inputs}
+    try:
+        ranges = propagate(graph, box)
+    except ValueError as exc:
+        return None, None, f"no ranges: {exc}"
+    result = local_bound(graph, walked, ranges.intervals)
+    if not math.isfinite(result.value):
+        first = result.unbounded[0] if result.unbounded else None
+        return None, result, (f"{first.node} ({first.op}): {first.reason}" if first else "unbounded")
+    return result.value, result, None
+

@@ -68,7 +68,8 @@ RATIO_LABEL = "Ratio upper/lower"
 AUDIT_TITLE = "Spectral-norm audit"
 # how each composition method (report.bounds) is named under the certified upper bound
 METHOD_LABELS = {"product": "product (AutoLip)", "lipsdp": "lipsdp (LipSDP-Neuron, verified)",
-                 "blocks": "blocks (per block, verified)"}
+                 "blocks": "blocks (per block, verified)",
+                 "ranges": "ranges (gates through bounded ranges)"}
 BLOCKS_TITLE = "Blocks (the blocks method: each factor and the method that gave it)"
 
 

@@ -248,3 +248,37 @@ def test_check_reads_the_domain_from_the_config_and_reports_the_local_bound(tmp_
     (tmp_path / "pyproject.toml").write_text('[tool.lipcheck]\nmodels = ["mlp.onnx"]\ndomain = [1, 0]\n')
     bad = runner.invoke(app, ["check", "--no-progress"])
     assert bad.exit_code == 2 and "tool.lipcheck.domain" in bad.stderr and "LO < HI" in bad.stderr
+
+
+class _Gate(torch.nn.Module):
+    """An LSTM-style gate: σ(Ax)·tanh(Bx), then a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.a, self.b, self.o = torch.nn.Linear(5, 6), torch.nn.Linear(5, 6), torch.nn.Linear(6, 2)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o(torch.sigmoid(self.a(x)) * torch.tanh(self.b(x)))
+
+
+def test_gates_get_a_global_constant_from_their_bounded_ranges() -> None:
+    report = lipcheck.analyze(_Gate().eval(), input_shape=(1, 5), lower_bound=False)
+    product, ranges = report.bounds
+    assert product.value is None and ranges.method == "ranges" and ranges.certified
+    assert report.upper_bound == ranges.value and report.method == "ranges"
+    # no Jacobian anywhere, far points included, exceeds it
+    ref = _Gate().double().eval()
+    rng = np.random.default_rng(0)
+    for scale in (0.1, 1.0, 10.0):
+        for _ in range(100):
+            x = torch.from_numpy(scale * rng.standard_normal((1, 5)))
+            j = torch.autograd.functional.jacobian(ref, x).reshape(2, 5)
+            assert float(torch.linalg.matrix_norm(j, ord=2)) <= ranges.value
+    assert any("bounded through the ranges" in n for n in report.notes)
+    # the product method alone stays unbounded
+    assert lipcheck.analyze(_Gate().eval(), input_shape=(1, 5), lower_bound=False, method="product").upper_bound \
+        is None

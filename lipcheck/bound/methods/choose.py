@@ -39,12 +39,12 @@ AUTO_MAX_ORDER = 4096
 AUTO_TIME_LIMIT = 5.0  # seconds of multiplier search under auto
 EXPLICIT_TIME_LIMIT = 60.0  # ... and under --method lipsdp
 # blocks under auto: operators up to 2^21 entries (16 MiB), LMIs up to order 1024, each chain's multiplier search
-# at most 200 evaluations and 1e9 / Σ n_i³ of them (n_i its hidden widths; reproducible, unlike a time limit; 15 s as
+# at most 100 evaluations and 5e8 / Σ n_i³ of them (n_i its hidden widths; reproducible, unlike a time limit; 15 s as
 # a safety net), 20 s in all; under --method blocks: 2^25 entries, order 8192, 300 L-BFGS iterations or 60 s per
 # chain, 600 s in all. Measured on 2 cores, auto: tests/torch_arch.SmallNet (hidden widths 256, 64) 1.9 s, the same
 # at width 6 (384, 96) 1.7 s; --method blocks: the sample ResNet block (two residual LMIs of order 4096) 14 s.
 AUTO_BLOCKS = {"max_entries": 2**21, "max_order": 1024, "search_seconds": 15.0, "total_seconds": 20.0,
-               "max_evaluations": 200, "evaluation_budget": 1e9}
+               "max_evaluations": 100, "evaluation_budget": 5e8}
 EXPLICIT_BLOCKS = {"max_entries": 2**25, "max_order": 8192, "search_seconds": 60.0, "total_seconds": 600.0}
 LINEAR_OPS = ("Gemm", "MatMul")  # the chain's weighted layers (chain.find_chain accepts no other)
 
