@@ -29,6 +29,16 @@ def make_model(
     return model
 
 
+def float_model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], in_shape: list[int], out: str,
+                out_shape: list[int]) -> onnx.ModelProto:
+    """One float32 input ``x`` of ``in_shape``, one output of ``out_shape``, float32 initializers, opset 17."""
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def rng_weights(*shape: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 

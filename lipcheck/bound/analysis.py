@@ -216,7 +216,10 @@ def _ranges_result(graph: Graph, result: Any, progress: Progress) -> tuple[Any, 
 
     progress.start(0, "composing: ranges")
     start = time.perf_counter()
-    value, local, why = ranges_global_bound(graph, result)
+    try:
+        value, local, why = ranges_global_bound(graph, result)
+    except (ArithmeticError, ValueError, RuntimeError, MemoryError, IndexError, KeyError) as exc:
+        return None, f"the ranges method failed ({type(exc).__name__}: {exc}); the bound is the product's"
     seconds = time.perf_counter() - start
     if value is None:
         return None, None

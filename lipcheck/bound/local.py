@@ -506,6 +506,10 @@ def local_bound(graph: Graph, walked: WalkResult, intervals: Mapping[str, Any],
                     bound = local_rule(node, graph, ranges)
             except NoGlobalConstant as exc:
                 bound, reason = None, str(exc)
+            except Exception:  # noqa: BLE001 - a local rule that fails: the global constant (sound) is used
+                if node.name in folds or node.name in folded_into:
+                    raise
+                bound, reason = None, None
             entry = walked.bounds.get(node.name)
             folded = node.name in folds or node.name in folded_into  # their gains hold only as a pair
             if bound is not None and entry is not None and not folded:

@@ -37,19 +37,25 @@ class _Mlp(torch.nn.Module):
 
 
 class _Cnn(torch.nn.Module):
-    def __init__(self, seed: int) -> None:
+    """conv → φ → conv (stride 2) → φ → linear on a 1×1×6×6 input; φ = tanh then sigmoid, or ReLU."""
+
+    def __init__(self, seed: int, relu: bool = False) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
+        width = 3 if relu else 2
+        self.relu = relu
         self.c1 = torch.nn.Conv2d(1, 3, 3, padding=1)
-        self.c2 = torch.nn.Conv2d(3, 2, 3, stride=2, padding=1)
-        self.fc = torch.nn.Linear(2 * 3 * 3, 2)
+        self.c2 = torch.nn.Conv2d(3, width, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(width * 3 * 3, width)
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.7)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.tanh(self.c1(x))
-        h = torch.sigmoid(self.c2(h))
+        if self.relu:
+            h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        else:
+            h = torch.sigmoid(self.c2(torch.tanh(self.c1(x))))
         return self.fc(torch.flatten(h, 1))
 
 
@@ -162,25 +168,9 @@ def test_cli_domain_table_json_and_bad_input() -> None:
     assert bad.exit_code == 2 and bad.stderr.strip().count("\n") == 0 and "LO < HI" in bad.stderr
 
 
-class _ReluCnn(torch.nn.Module):
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.c1 = torch.nn.Conv2d(1, 3, 3, padding=1)
-        self.c2 = torch.nn.Conv2d(3, 3, 3, stride=2, padding=1)
-        self.fc = torch.nn.Linear(3 * 3 * 3, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.7)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.c2(torch.relu(self.c1(x))))
-        return self.fc(torch.flatten(h, 1))
-
-
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_around_points_local_bounds_are_below_the_global_one_and_sound(kind: str) -> None:
-    net, shape = ((_Mlp(7, "relu").eval(), (1, 4)) if kind == "mlp" else (_ReluCnn(3).eval(), (1, 1, 6, 6)))
+    net, shape = ((_Mlp(7, "relu").eval(), (1, 4)) if kind == "mlp" else (_Cnn(3, relu=True).eval(), (1, 1, 6, 6)))
     rng = np.random.default_rng(11)
     points = rng.standard_normal((100,) + shape[1:])
     radius = 0.1
@@ -188,7 +178,7 @@ def test_around_points_local_bounds_are_below_the_global_one_and_sound(kind: str
                               lower_bound=False)
     around = report.around
     assert around is not None and len(around.points) == 100
-    ref = (_Mlp(7, "relu") if kind == "mlp" else _ReluCnn(3)).double().eval()
+    ref = (_Mlp(7, "relu") if kind == "mlp" else _Cnn(3, relu=True)).double().eval()
     for p in around.points:
         assert p.upper_bound is not None and p.upper_bound < report.upper_bound  # strictly below the global bound
         assert p.jacobian_norm is not None and p.jacobian_norm <= p.upper_bound

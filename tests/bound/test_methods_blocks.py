@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from lipcheck import load
 from lipcheck.bound.methods.blocks import Limits, blocks_bound, decompose
@@ -23,17 +23,9 @@ from lipcheck.bound.methods.residual import certify_residual
 from lipcheck.bound.walker import walk
 from lipcheck.ir.canonicalize import fold_batchnorm
 from lipcheck.report.model import Settings
+from tests.helpers import float_model
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
-
-
-def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], in_shape: list[int], out: str,
-           out_shape: list[int]) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _linear_cnn(seed: int = 0) -> tuple[onnx.ModelProto, list[int]]:
@@ -57,7 +49,7 @@ def _linear_cnn(seed: int = 0) -> tuple[onnx.ModelProto, list[int]]:
         helper.make_node("Flatten", ["s"], ["f"]),
         helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1),
     ]
-    return _model(nodes, inits, [1, 4, 6, 6], "y", [1, 5]), [1, 4, 6, 6]
+    return float_model(nodes, inits, [1, 4, 6, 6], "y", [1, 5]), [1, 4, 6, 6]
 
 
 def test_composed_operator_matches_onnxruntime() -> None:
@@ -88,7 +80,7 @@ def test_composed_convolutions_equal_dense_torch_reference() -> None:
     w1, w2 = rng.standard_normal((3, 2, 3, 3)), rng.standard_normal((2, 3, 3, 3))
     nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["h", "w2"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])]
-    graph = load(_model(nodes, {"w1": w1, "w2": w2}, [1, 2, 5, 5], "y", [1, 2, 3, 3]))
+    graph = load(float_model(nodes, {"w1": w1, "w2": w2}, [1, 2, 5, 5], "y", [1, 2, 3, 3]))
     op = materialize(graph, list(graph.nodes), "x", "y")
     assert isinstance(op, DenseOperator), op
 
@@ -114,7 +106,7 @@ def test_materialize_refuses_nonlinear_and_large() -> None:
     assert isinstance(materialize(graph, list(graph.nodes), "x", "y", max_entries=100), str)
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
-    graph = load(_model(nodes, {"w": rng.standard_normal((3, 3))}, [1, 3], "y", [1, 3]))
+    graph = load(float_model(nodes, {"w": rng.standard_normal((3, 3))}, [1, 3], "y", [1, 3]))
     reason = materialize(graph, list(graph.nodes), "x", "y")
     assert isinstance(reason, str) and "Relu" in reason
 

@@ -6,19 +6,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from lipcheck import load
 from lipcheck.bound.methods.chain import chain_bound, find_chain
-
-
-def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], in_shape: list[int], out: str,
-           out_shape: list[int]) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
-        [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+from tests.helpers import float_model
 
 
 def _mlp(act: str = "Relu", alpha: float = 1.0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -34,7 +26,7 @@ def _mlp(act: str = "Relu", alpha: float = 1.0) -> tuple[onnx.ModelProto, dict[s
         helper.make_node(act, ["h3"], ["a2"]),
         helper.make_node("Gemm", ["a2", "w3"], ["y"], transB=1),
     ]
-    return _model(nodes, inits, [1, 2, 4], "y", [1, 3]), inits
+    return float_model(nodes, inits, [1, 2, 4], "y", [1, 3]), inits
 
 
 @pytest.mark.parametrize("act, alpha", [("Relu", 1.0), ("Tanh", 0.5), ("Sigmoid", -3.0)])
@@ -65,7 +57,7 @@ def test_residual_is_not_a_chain() -> None:
     inits = {"w": rng.standard_normal((4, 4))}
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["a"]),
              helper.make_node("Add", ["a", "x"], ["y"])]
-    graph = load(_model(nodes, inits, [1, 4], "y", [1, 4]))
+    graph = load(float_model(nodes, inits, [1, 4], "y", [1, 4]))
     assert isinstance(find_chain(graph), str)
     assert chain_bound(graph) is None
 
@@ -75,7 +67,7 @@ def test_consecutive_linears_and_trailing_activation() -> None:
     inits = {"w1": rng.standard_normal((4, 3)), "w2": rng.standard_normal((3, 2))}
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["z"]),
              helper.make_node("LeakyRelu", ["z"], ["y"], alpha=0.1)]
-    graph = load(_model(nodes, inits, [1, 4], "y", [1, 2]))
+    graph = load(float_model(nodes, inits, [1, 4], "y", [1, 2]))
     found = find_chain(graph)
     assert not isinstance(found, str), found
     chain, _ = found

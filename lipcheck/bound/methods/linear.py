@@ -159,39 +159,29 @@ def _subgraph(graph: Graph, nodes: Sequence[Node], entry: str, exit_: str,
     return replace(graph, inputs=(info,), outputs=(out,), nodes=tuple(nodes), constants=constants, reference=None)
 
 
-def _columns(sub: Graph, n_in: int) -> np.ndarray:
-    """The matrix of the segment's tangent map at 0 (n_out × n_in), column by column (vmap over jvp in chunks)."""
+def _basis_batches(n: int, shape: tuple[int, ...], apply: object) -> np.ndarray:
+    """``apply`` (a map of one basis tensor of ``shape`` to a flat vector) on every basis vector of R^n, vmapped in
+    chunks of :data:`_CHUNK` (one at a time where an op cannot be batched); the results as rows."""
     import torch
 
-    from lipcheck.bound.torch_eval import TorchEvaluator
-
-    evaluator = TorchEvaluator(sub)
-    in_shape = tuple(sub.inputs[0].shape)
-    x0 = torch.zeros(in_shape, dtype=torch.float64)
-
-    def f(x: torch.Tensor) -> torch.Tensor:
-        return evaluator(x)[0]
-
-    def column(t: torch.Tensor) -> torch.Tensor:
-        return torch.func.jvp(f, (x0,), (t,))[1].reshape(-1)
-
+    fn = apply  # type: ignore[assignment]
     blocks = []
     with torch.no_grad():
-        for start in range(0, n_in, _CHUNK):
-            stop = min(n_in, start + _CHUNK)
-            basis = torch.zeros((stop - start, n_in), dtype=torch.float64)
+        for start in range(0, n, _CHUNK):
+            stop = min(n, start + _CHUNK)
+            basis = torch.zeros((stop - start, n), dtype=torch.float64)
             basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            basis = basis.reshape(stop - start, *in_shape)
+            basis = basis.reshape(stop - start, *shape)
             try:
-                cols = torch.func.vmap(column)(basis)
-            except Exception:  # noqa: BLE001 - an op vmap cannot batch: one column at a time
-                cols = torch.stack([column(b) for b in basis])
-            blocks.append(cols.numpy())
-    return np.ascontiguousarray(np.concatenate(blocks, axis=0).T)
+                out = torch.func.vmap(fn)(basis)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - an op vmap cannot batch: one vector at a time
+                out = torch.stack([fn(e) for e in basis])  # type: ignore[operator]
+            blocks.append(out.numpy())
+    return np.concatenate(blocks, axis=0)
 
 
-def _rows(sub: Graph, n_out: int) -> np.ndarray:
-    """The same matrix row by row (vmap over vjp): far fewer products when the segment narrows (GAP → Gemm)."""
+def _segment_function(sub: Graph) -> tuple[object, object]:
+    """(f: the segment on its input tensor, flattened output; x0 = zeros of the input's shape), float64 torch."""
     import torch
 
     from lipcheck.bound.torch_eval import TorchEvaluator
@@ -202,23 +192,26 @@ def _rows(sub: Graph, n_out: int) -> np.ndarray:
     def f(x: torch.Tensor) -> torch.Tensor:
         return evaluator(x)[0].reshape(-1)
 
-    _, pullback = torch.func.vjp(f, x0)
+    return f, x0
 
-    def row(u: torch.Tensor) -> torch.Tensor:
-        return pullback(u)[0].reshape(-1)
 
-    blocks = []
-    with torch.no_grad():
-        for start in range(0, n_out, _CHUNK):
-            stop = min(n_out, start + _CHUNK)
-            basis = torch.zeros((stop - start, n_out), dtype=torch.float64)
-            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            try:
-                rows = torch.func.vmap(row)(basis)
-            except Exception:  # noqa: BLE001 - an op vmap cannot batch: one row at a time
-                rows = torch.stack([row(b) for b in basis])
-            blocks.append(rows.numpy())
-    return np.ascontiguousarray(np.concatenate(blocks, axis=0))
+def _columns(sub: Graph, n_in: int) -> np.ndarray:
+    """The matrix of the segment's tangent map at 0 (n_out × n_in), column by column (forward mode)."""
+    import torch
+
+    f, x0 = _segment_function(sub)
+    cols = _basis_batches(n_in, tuple(sub.inputs[0].shape),
+                          lambda t: torch.func.jvp(f, (x0,), (t,))[1])  # type: ignore[arg-type]
+    return np.ascontiguousarray(cols.T)
+
+
+def _rows(sub: Graph, n_out: int) -> np.ndarray:
+    """The same matrix row by row (reverse mode): far fewer products when the segment narrows (GAP → Gemm)."""
+    import torch
+
+    f, x0 = _segment_function(sub)
+    _, pullback = torch.func.vjp(f, x0)  # type: ignore[arg-type]
+    return np.ascontiguousarray(_basis_batches(n_out, (n_out,), lambda u: pullback(u)[0].reshape(-1)))
 
 
 def materialize(graph: Graph, nodes: Sequence[Node], entry: str, exit_: str,
