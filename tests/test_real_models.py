@@ -40,3 +40,21 @@ def test_speech_model_with_control_flow_is_never_certified_zero(name: str) -> No
         assert report.upper_bound >= ratio
     else:
         assert report.unbounded and all(u.node and u.reason for u in report.unbounded)
+
+
+def test_speech_model_with_a_pinned_sample_rate_gets_a_named_local_reason() -> None:
+    """--domain sr=16000,16000 folds the sample-rate If; on a box the LSTM gates get local constants and what stays
+    unbounded is the STFT magnitude's Sqrt, whose range reaches 0 (its derivative is unbounded there)."""
+    try:
+        path = model_path(SILERO, "silero_vad/data/silero_vad_op18_ifless.onnx")
+    except (Unavailable, OSError) as exc:
+        pytest.skip(f"silero-vad not available: {exc}")
+    report = lipcheck.analyze(path, input_shape=SHAPES, lower_bound=False, exact_limit=0,
+                              domain="input=-1,1;state=-1,1;sr=16000,16000")
+    assert not any(u.op == "If" for u in report.unbounded)  # folded: the branch is analysed
+    local = report.local
+    assert local is not None and local.upper_bound is None
+    assert local.unbounded[0].op == "Sqrt" and "range" in local.unbounded[0].reason
+    gates = [c for c in local.changed if c["op"] == "Mul" and c["global"] is None]
+    # σ(·)·tanh(·): both factors in [-1, 1], widened by the float32 rounding the ranges allow for
+    assert gates and all(c["local"] <= 1.001 for c in gates)

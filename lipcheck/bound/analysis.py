@@ -88,7 +88,14 @@ def analyze(
         lower_bound=lower_bound, lower_bound_seconds=lower_bound_seconds, method=method,
     )
     torch_options = TorchOptions(trust_pickle=trust_pickle, arch=arch, arch_kwargs=arch_kwargs, key=key)
-    graph = fold_batchnorm(load_model(model, input_shape=input_shape, torch_options=torch_options))
+    pins: dict[str, float] = {}
+    if domain is not None:
+        from lipcheck.bound.local import pinned_inputs
+
+        pins = pinned_inputs(domain)
+    graph = fold_batchnorm(load_model(model, input_shape=input_shape, torch_options=torch_options,
+                                      pins=pins or None))
+    pinned = [name for name in pins if name not in {i.name for i in graph.inputs}]
     floats = graph.float_inputs
     if not floats:
         desc = ", ".join(f"'{i.name}' ({i.dtype})" for i in graph.inputs)
@@ -110,7 +117,10 @@ def analyze(
     if domain is not None:
         from lipcheck.bound.local import parse_domain
 
-        box = parse_domain(domain, graph)  # before any work: a bad region is one line
+        box = parse_domain(domain, graph, pinned)  # before any work: a bad region is one line
+        if pinned:
+            notes.append("pinned by --domain (constants, so what depends on them folds): "
+                         + ", ".join(f"{n} = {pins[n]:g}" for n in pinned))
     points = None
     if around is not None or radius is not None:
         points = _points(around, radius, norm, graph)

@@ -614,14 +614,36 @@ def region_lower_bound(graph: Graph, box: Mapping[str, tuple[np.ndarray, np.ndar
 # ------------------------------------------------------------------------------------------------ the region
 
 
-def parse_domain(domain: Any, graph: Graph) -> dict[str, tuple[Any, Any]]:
+def pinned_inputs(domain: Any) -> dict[str, float]:
+    """The inputs ``domain`` gives one value (NAME=V,V): integer inputs to bind as constants when the model is
+    loaded (:func:`lipcheck.loaders.onnx_loader.load_onnx`), so that Ifs and shapes depending on them fold."""
+    entries: dict[str, Any] = {}
+    if isinstance(domain, str):
+        for item in (x.strip() for x in domain.split(";") if "=" in x):
+            name, _, value = item.partition("=")
+            entries[name.strip()] = value.split(",")
+    elif isinstance(domain, Mapping):
+        entries = {k: v for k, v in domain.items() if isinstance(v, (list, tuple, str))}
+    pins: dict[str, float] = {}
+    for name, value in entries.items():
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        try:
+            lo, hi = (float(p) for p in parts)
+        except (TypeError, ValueError):
+            continue  # parse_domain says what is wrong with it
+        if lo == hi and math.isfinite(lo):
+            pins[name] = lo
+    return pins
+
+
+def parse_domain(domain: Any, graph: Graph, pinned: Any = ()) -> dict[str, tuple[Any, Any]]:
     """Each input's box from ``domain``: a pair (lo, hi) for every float input, a mapping input name -> (lo, hi), or a
     string "LO,HI" / "NAME=LO,HI" (several separated by ";"), as ``--domain`` gives them. From Python, lo and hi may
     also be arrays broadcastable to the input's shape. Integer inputs need their own entry (their values are part
     of the region). Raises UsageError with one line for anything else."""
     from lipcheck.errors import UsageError
 
-    def pair(value: Any, where: str, shape: tuple[int, ...]) -> tuple[Any, Any]:
+    def pair(value: Any, where: str, shape: tuple[int, ...], integer: bool = False) -> tuple[Any, Any]:
         parts = value.split(",") if isinstance(value, str) else (
             list(value) if isinstance(value, (list, tuple)) else [value])
         if len(parts) != 2:
@@ -632,7 +654,8 @@ def parse_domain(domain: Any, graph: Graph) -> dict[str, tuple[Any, Any]]:
         except (TypeError, ValueError):
             raise UsageError(f"--domain {where}: expected two numbers LO,HI (or arrays of the input's shape {shape}), "
                              f"got {value!r}") from None
-        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))) or not np.all(lo < hi):
+        ordered = np.all(lo <= hi) if integer else np.all(lo < hi)  # an integer input may be one value
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))) or not ordered:
             raise UsageError(f"--domain {where}: expected finite LO < HI, got {float(np.min(lo)):g},"
                              f"{float(np.max(hi)):g}")
         scalar = lo.size > 0 and np.all(lo == lo.flat[0]) and np.all(hi == hi.flat[0])
@@ -652,6 +675,7 @@ def parse_domain(domain: Any, graph: Graph) -> dict[str, tuple[Any, Any]]:
         entries = dict(domain)
     else:
         default = domain
+    entries = {k: v for k, v in entries.items() if k not in pinned}  # constants now
     for name in entries:
         if name not in names:
             raise UsageError(f"--domain {name}=...: the model has no input '{name}' (inputs: {', '.join(names)})")
@@ -659,7 +683,7 @@ def parse_domain(domain: Any, graph: Graph) -> dict[str, tuple[Any, Any]]:
     for info in graph.inputs:
         shape = tuple(info.shape)
         if info.name in entries:
-            box[info.name] = pair(entries[info.name], info.name, shape)
+            box[info.name] = pair(entries[info.name], info.name, shape, integer=not info.is_float)
         elif default is not None and info.is_float:
             box[info.name] = pair(default, "", shape)
         elif info.is_float:

@@ -39,7 +39,8 @@ def check_model_file(path: Path) -> None:
         raise LoadError(f"{path}: file is empty")
 
 
-def load_model(model: Any, input_shape: Any = None, torch_options: TorchOptions | None = None) -> Graph:
+def load_model(model: Any, input_shape: Any = None, torch_options: TorchOptions | None = None,
+               pins: dict[str, float] | None = None) -> Graph:
     """Load a model given as a path (ONNX or PyTorch file), an ``onnx.ModelProto``, a PyTorch module / program,
     or an already loaded :class:`Graph`. ``torch_options``: a :class:`~lipcheck.loaders.torch_loader.TorchOptions`
     (``--trust-pickle``, ``--arch``, ``--arch-kwargs``, ``--key``)."""
@@ -53,13 +54,13 @@ def load_model(model: Any, input_shape: Any = None, torch_options: TorchOptions 
             return load_torch(path if not isinstance(model, str) else model, input_shape, torch_options)
         from lipcheck.loaders.onnx_loader import load_onnx
 
-        return load_onnx(path, input_shape)
+        return load_onnx(path, input_shape, pins)
     module = type(model).__module__
     name = type(model).__name__
     if name == "ModelProto" and module.startswith("onnx"):
         from lipcheck.loaders.onnx_loader import load_onnx
 
-        return load_onnx(model, input_shape)
+        return load_onnx(model, input_shape, pins)
     if module.startswith("torch") or _is_torch_object(model):
         from lipcheck.loaders.torch_loader import load_torch
 

@@ -332,8 +332,36 @@ def _inline_ifs(
     return inline_constant_ifs(model, values.get)
 
 
-def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: InputShapes = None) -> Graph:
-    """Load an ONNX model (path or ModelProto) into the IR with static shapes and folded constants."""
+def _pin_inputs(g: onnx.GraphProto, pins: Mapping[str, float], label: str) -> dict[str, np.ndarray]:
+    """Give each pinned integer input an initializer of its value (an input with an initializer is a constant to
+    lipcheck). Only integer inputs with static shapes; anything else is one line."""
+    from lipcheck.errors import UsageError
+
+    inputs = {vi.name: vi for vi in g.input}
+    fixed: dict[str, np.ndarray] = {}
+    for name, value in pins.items():
+        vi = inputs.get(name)
+        if vi is None:
+            raise UsageError(f"--domain {name}=...: {label} has no input '{name}'")
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+        if not np.issubdtype(dtype, np.integer) and dtype != np.bool_:
+            raise UsageError(f"--domain {name}={value:g},{value:g}: only integer inputs can be pinned to one value")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if any(d is None for d in dims):
+            raise UsageError(f"--domain {name}={value:g},{value:g}: the input has dynamic dimensions")
+        if float(value) != int(value):
+            raise UsageError(f"--domain {name}={value:g},{value:g}: an integer input needs an integer value")
+        array = np.full(tuple(int(d) for d in dims), int(value), dtype=dtype)  # type: ignore[arg-type]
+        g.initializer.append(numpy_helper.from_array(array, name))
+        fixed[name] = array
+    return fixed
+
+
+def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: InputShapes = None,
+              pins: Mapping[str, float] | None = None) -> Graph:
+    """Load an ONNX model (path or ModelProto) into the IR with static shapes and folded constants. ``pins``: integer
+    inputs fixed to one value (``--domain sr=16000,16000``): they become constants, so the comparisons, Ifs and
+    shapes that depend on them fold like any constant."""
     external: dict[str, np.ndarray] = {}
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
@@ -343,6 +371,7 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
         model, external = read_model(source)
         label = str(source)
     g = model.graph
+    fixed = _pin_inputs(g, pins, label) if pins else {}
     if not g.node:
         raise LoadError(f"{label}: the graph is empty (no nodes)")
     validate_model(model, None if isinstance(source, onnx.ModelProto) else Path(source), label)
@@ -422,15 +451,17 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
         param_names=param_names,
         opset=opset,
         source=label,
-        reference=onnxruntime_runner(original, inputs, outputs),
+        reference=onnxruntime_runner(original, inputs, outputs, fixed),
     )
 
 
 def onnxruntime_runner(
-    model: str | onnx.ModelProto, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]
+    model: str | onnx.ModelProto, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo],
+    fixed: Mapping[str, np.ndarray] | None = None,
 ) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-    """Runs the original model with onnxruntime: float inputs in order, integer inputs held at zero. The
-    session is created on the first call (it costs time and memory that ``--no-lower-bound`` never needs)."""
+    """Runs the original model with onnxruntime: float inputs in order, integer inputs held at zero, ``fixed``
+    (pinned) inputs at their values. The session is created on the first call (it costs time and memory that
+    ``--no-lower-bound`` never needs)."""
     session: list[Any] = []
 
     def run(float_inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -447,6 +478,7 @@ def onnxruntime_runner(
         for i in inputs:
             dt = np.dtype(i.dtype)
             feeds[i.name] = np.asarray(next(it), dtype=dt) if i.is_float else np.zeros(i.shape, dtype=dt)
+        feeds.update(fixed or {})
         return [np.asarray(v) for v in session[0].run([o.name for o in outputs], feeds)]
 
     return run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -272,3 +273,42 @@ def test_gates_get_a_global_constant_from_their_bounded_ranges() -> None:
     # the product method alone stays unbounded
     assert lipcheck.analyze(_Gate().eval(), input_shape=(1, 5), lower_bound=False, method="product").upper_bound \
         is None
+
+
+def _if_model() -> Any:
+    """y = 5x if k == 16000 else 2x: the branch depends on an integer input (silero-vad's sample-rate If)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name: str, scale: float) -> onnx.GraphProto:
+        return helper.make_graph(
+            [helper.make_node("Mul", ["x", f"s_{name}"], [f"y_{name}"])], name, [],
+            [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, [1, 4])],
+            [numpy_helper.from_array(np.array(scale, dtype=np.float32), f"s_{name}")])
+
+    nodes = [helper.make_node("Equal", ["k", "rate"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", 5.0), else_branch=branch("else", 2.0))]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                     helper.make_tensor_value_info("k", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(16000, dtype=np.int64), "rate")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_pinning_an_integer_input_folds_the_if_that_depends_on_it(tmp_path: Path) -> None:
+    import onnx
+
+    path = tmp_path / "if.onnx"
+    onnx.save(_if_model(), path)
+    free = lipcheck.analyze(str(path), lower_bound=False)
+    assert free.upper_bound is None and free.unbounded[0].op == "If"
+    for rate, scale in ((16000, 5.0), (8000, 2.0)):
+        report = lipcheck.analyze(str(path), domain=f"x=-1,1;k={rate},{rate}", lower_bound=True,
+                                  lower_bound_seconds=0.5)
+        assert report.upper_bound == pytest.approx(scale, rel=1e-6) and report.local is not None
+        assert report.local.upper_bound == pytest.approx(scale, rel=1e-6)
+        assert report.lower_bound is not None and report.lower_bound.value == pytest.approx(scale, rel=1e-4)
+        assert any(f"k = {rate}" in n for n in report.notes)
+    with pytest.raises(UsageError, match="only integer inputs"):
+        lipcheck.analyze(str(path), domain="x=1,1;k=16000,16000", lower_bound=False)
