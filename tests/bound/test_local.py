@@ -312,3 +312,16 @@ def test_pinning_an_integer_input_folds_the_if_that_depends_on_it(tmp_path: Path
         assert any(f"k = {rate}" in n for n in report.notes)
     with pytest.raises(UsageError, match="only integer inputs"):
         lipcheck.analyze(str(path), domain="x=1,1;k=16000,16000", lower_bound=False)
+
+
+def test_a_runtime_if_keeps_the_local_and_the_blocks_bounds_unbounded(tmp_path: Path) -> None:
+    """Hostile case: the If's condition varies over the region (k in a range): no method may certify the branch."""
+    import onnx
+
+    path = tmp_path / "if.onnx"
+    onnx.save(_if_model(), path)
+    report = lipcheck.analyze(str(path), domain="x=-1,1;k=0,20000", lower_bound=False, method="blocks")
+    assert report.upper_bound is None and not report.certified
+    assert all(b.value is None for b in report.bounds)
+    assert report.local is not None and report.local.upper_bound is None
+    assert report.local.unbounded and report.local.unbounded[0].op == "If"
