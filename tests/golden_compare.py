@@ -10,7 +10,8 @@ relative change of 1e-6 (power iteration) may stop one step earlier or later. So
   exact;
 - estimates (σ power, the composed estimate): 1e-4 relative (the parity tolerance of estimates), never above σ
   exact;
-- the power gap (exact − power) / exact: 1e-4 absolute (it is a difference of the two above);
+- the power gap (exact − power) / exact: 1e-4 absolute, the certified gap certified / exact − 1: 1e-5 absolute (each
+  a difference of the values above); the exact composition: 1e-5 relative;
 - a value found by a search (``value`` / ``upper_bound`` in an object whose ``method`` is lipsdp, blocks, or one of
   a blocks piece's searched methods: residual, pieces): 1e-3 relative. lipsdp's L-BFGS multiplier search follows the
   BLAS's last bits: 1 and 2 threads gave 5.30827 and 5.30902 on the sample MLP (1.4e-4), and either is certified;
@@ -36,13 +37,14 @@ REL = {
     "lipschitz": 1e-5,
     "upper_bound": 1e-5,
     "cumulative_upper": 1e-5,
+    "exact_composition": 1e-5,  # composed exact values and closed-form constants
     "value": 1e-5,  # a certified bound of a method or a blocks piece
     "product": 1e-5,  # a blocks piece's product factor (certified)
     "sigma_power": 1e-4,
     "estimate": 1e-4,
     "cumulative_estimate": 1e-4,
 }
-ABS = {"power_gap": 1e-4}
+ABS = {"power_gap": 1e-4, "certified_gap": 1e-5}  # differences of values known to 1e-4 / 1e-5 relative
 LIPSDP_REL = 1e-3
 _LIPSDP_KEYS = ("upper_bound", "value")  # in an object whose "method" is one of SEARCHED
 SEARCHED = ("lipsdp", "blocks", "residual", "pieces")

@@ -176,6 +176,7 @@ def analyze(
         why = "exact values disabled (--no-exact)" if settings.exact_limit <= 0 else "above --exact-limit"
         notes.append(f"exact σ skipped for {len(skipped)} layer(s), {why}: " + ", ".join(skipped[:5]))
 
+    exact_composition = _exact_composition(graph, result, layers)
     lb: LowerBound | None = None
     if lower_bound:
         with budget.session(limits):
@@ -215,7 +216,24 @@ def analyze(
         bounds=tuple(bounds),
         local=local,
         around=around_result,
+        exact_composition=exact_composition,
     )
+
+
+def _exact_composition(graph: Graph, result: Any, layers: Any) -> float | None:
+    """The product composition with each weighted layer's exact σ in place of its certified one (the walker's
+    gains scaled by exact / certified): None when a layer has no exact value or the bound is unbounded."""
+    from lipcheck.bound.walker import compose
+
+    scales: dict[str, float] = {}
+    for layer in layers:
+        if layer.sigma_exact is None:
+            return None
+        scales[layer.name] = layer.sigma_exact / layer.sigma_upper if layer.sigma_upper > 0 else 0.0
+    if not scales:
+        return None
+    value = compose(graph, result, scales)
+    return value if math.isfinite(value) else None
 
 
 def _ranges_result(graph: Graph, result: Any, progress: Progress) -> tuple[Any, str | None]:

@@ -71,6 +71,13 @@ def _power_gap(layer: LayerResult, notes: Footnotes) -> str:
     return format_percent(gap)
 
 
+def _certified_gap(layer: LayerResult, notes: Footnotes) -> str:
+    gap = layer.certified_gap
+    if gap is not None and abs(gap) < ROUNDING_NOISE:
+        gap = 0.0
+    return format_percent(gap)
+
+
 def _cumulative(layer: LayerResult, notes: Footnotes) -> str:
     """The product (AutoLip) method's certified bound of this layer's output, whatever method gives the model's
     bound: the other methods (lipsdp) bound the whole model only."""
@@ -96,6 +103,7 @@ class Column(Enum):
     SIGMA_UPPER = ColumnSpec(
         "σ upper (certified)", "right", lambda layer, _: format_number(layer.sigma_upper)
     )
+    CERTIFIED_GAP = ColumnSpec("Certified gap", "right", _certified_gap)
     POWER_GAP = ColumnSpec("Power gap", "right", _power_gap)
     CUMULATIVE = ColumnSpec("Cumulative bound", "right", _cumulative)  # the product's (see _cumulative)
 

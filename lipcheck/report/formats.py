@@ -192,6 +192,21 @@ def _ratio_fact(report: Report) -> Fact:
     return Fact(RATIO_LABEL, f"n/a ({why})")
 
 
+EXACT_COMPOSITION_LABEL = "If every layer were exact (NOT a certificate)"
+
+
+def _exact_composition_facts(report: Report) -> list[Fact]:
+    """The product recomposed with exact per-layer values: shown when every layer has one and the bound is finite."""
+    if report.exact_composition is None:
+        return []
+    product = next((b.value for b in report.bounds if b.method == "product" and b.value), None)
+    share = ""
+    if product:
+        share = f" (the product with certified layers: {format_number(product)}, " \
+                f"{format_percent(product / report.exact_composition - 1.0)} above)"
+    return [Fact(EXACT_COMPOSITION_LABEL, format_number(report.exact_composition) + share)]
+
+
 LOCAL_LABEL = "Local bound on the region"
 LOCAL_LOWER_LABEL = "Lower bound inside the region"
 
@@ -318,6 +333,7 @@ def summarize(report: Report, footnotes: Footnotes | None = None) -> Summary:
             _upper_fact(report),
             *(_method_fact(bound) for bound in report.bounds),
             Fact(ESTIMATE_LABEL, format_number(report.estimate, none=UNBOUNDED)),
+            *_exact_composition_facts(report),
             _lower_fact(report),
             _ratio_fact(report),
             *_local_facts(report),

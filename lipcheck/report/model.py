@@ -103,6 +103,15 @@ class LayerResult:
     audit: SpectralNormAudit | None = None  # set when the layer came from a spectral/weight-norm checkpoint
 
     @property
+    def certified_gap(self) -> float | None:
+        """certified / exact − 1: how far the certificate sits above the exact norm (None without an exact value)."""
+        if self.sigma_exact is None:
+            return None
+        if self.sigma_exact == 0:
+            return 0.0 if self.sigma_upper == 0 else None
+        return self.sigma_upper / self.sigma_exact - 1.0
+
+    @property
     def power_gap(self) -> float | None:
         """Relative gap of the power estimate below the exact value (or the certified value)."""
         ref = self.sigma_exact if self.sigma_exact is not None else self.sigma_upper
@@ -262,6 +271,9 @@ class Report:
     settings: Settings = field(default_factory=Settings)
     lipcheck_version: str = ""
     bounds: tuple[BoundResult, ...] = ()  # every composition method's result; upper_bound is the least certified
+    # the product composition with every layer's exact σ instead of its certified one: what per-layer tightness is
+    # worth against the composition's own looseness (NOT a certificate; None when some layer has no exact value)
+    exact_composition: float | None = None
     local: LocalBound | None = None  # the bound on the input region, when one was given (--domain)
     around: AroundResult | None = None  # per-point bounds around given points (--around, --radius)
 
@@ -362,6 +374,7 @@ class Report:
                 for b in self.bounds
             ],
             "estimate": self.estimate,
+            "exact_composition": self.exact_composition,
             "lower_bound": lb.value if lb else None,
             "ratio": self.ratio,
             "lower_bound_details": asdict(lb) if lb else None,
@@ -373,6 +386,7 @@ class Report:
                     "input_shape": list(layer.input_shape),
                     "output_shape": list(layer.output_shape),
                     "power_gap": layer.power_gap,
+                    "certified_gap": layer.certified_gap,
                 }
                 | ({"audit": asdict(layer.audit) if layer.audit else None} if audited else {})
                 for layer in self.layers

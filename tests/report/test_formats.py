@@ -255,6 +255,7 @@ DOCUMENTED_KEYS = {
     "lower_bound",
     "ratio",
     "lower_bound_details",
+    "exact_composition",
     "unbounded",
     "layers",
     "ops",
@@ -275,7 +276,7 @@ def test_json_is_one_object_with_documented_keys(name: str) -> None:
     assert len(data["layers"]) == len(report.layers)
     for layer in data["layers"]:
         assert {"name", "op", "sigma_power", "sigma_exact", "sigma_upper", "sigma_reshaped", "power_gap",
-                "fused_with", "cumulative_upper", "exact_skipped"} <= set(layer)
+                "certified_gap", "fused_with", "cumulative_upper", "exact_skipped"} <= set(layer)
 
 
 def test_json_round_trips_to_dict() -> None:
