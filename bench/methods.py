@@ -1,6 +1,7 @@
 """Bench of the composition methods on MLP chains: product bound, LipSDP-Neuron (certified), time, lower bound.
 
     python bench/methods.py [--seed 0] [--quick]
+    python bench/methods.py --solver [--solver-order 1000]   # the sdp extra's multipliers, certified
 
 Models (fixed seeds):
   mnist-like  ReLU MLP 784-50-10 (mnist-like-4: 784-500-200-50-10, with a LipSDP-Layer reference) trained with
@@ -212,13 +213,52 @@ def run(name: str, net: list[tuple[np.ndarray, np.ndarray]], lower_seconds: floa
     return row
 
 
+def solver_runs(seed: int, max_order: int) -> None:
+    """--solver: lipsdp with and without the SDP solver's multipliers (the ``sdp`` extra), on small random chains and
+    sample_models/mlp.onnx; the solver's own (unverified) value beside the certified ones."""
+    from lipcheck.bound.methods import sdp
+
+    if not sdp.available():
+        print(f"--solver: the sdp extra is not installed ({sdp.INSTALL_HINT})")
+        return
+    sdp.MAX_ORDER = max_order
+    gen = np.random.default_rng(seed)
+    chains = {}
+    for dims in ((2, 10, 30, 20, 2), (64, 64, 64, 10)):
+        ws = tuple(gen.standard_normal((dims[i + 1], dims[i])) / np.sqrt(dims[i]) for i in range(len(dims) - 1))
+        chains["-".join(map(str, dims))] = Chain(ws, ((0.0, 1.0),) * (len(dims) - 2))
+    try:
+        import onnx
+        from onnx import numpy_helper
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        model = onnx.load(os.path.join(here, "..", "sample_models", "mlp.onnx"))
+        inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+        ws = tuple(inits[k] for k in ("1.weight", "3.weight", "5.weight"))
+        chains["sample mlp"] = Chain(ws, ((0.0, 1.0),) * 2)
+    except (OSError, KeyError):
+        pass
+    for name, chain in chains.items():
+        plain = lipsdp(chain)
+        solved = lipsdp(chain, solver=True)
+        print(f"{name:12s} lipsdp {plain.value:.6g} ({plain.seconds:.1f} s)  with solver {solved.value:.6g} "
+              f"({solved.seconds:.1f} s; {solved.detail.get('solver')} {solved.detail.get('solver_status')}, its own "
+              f"value {solved.detail.get('solver_value', math.nan):.6g} not verified; certified by "
+              f"{solved.detail.get('multipliers')})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer optimizer iterations and lower-bound seconds")
     parser.add_argument("--lower-seconds", type=float, default=20.0)
+    parser.add_argument("--solver", action="store_true", help="only: lipsdp with and without the SDP solver extra")
+    parser.add_argument("--solver-order", type=int, default=1000, help="largest LMI order given to the solver")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.solver:
+        solver_runs(args.seed, args.solver_order)
+        return
     iterations = 100 if args.quick else 300
     lower_seconds = 5.0 if args.quick else args.lower_seconds
     run("mnist-like", mnist_like_net(args.seed), lower_seconds, iterations)

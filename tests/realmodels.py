@@ -42,7 +42,28 @@ SILERO = Wheel(
         "silero_vad/data/silero_vad_16k_op15.onnx": "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
     },
 )
-WHEELS = (SILERO,)
+# silero-vad v4 as faster-whisper 0.10.1 shipped it: an STFT magnitude front end (Pow, Sqrt, then Log(1 + 2^20·|X|))
+# and two ONNX LSTM ops, inside Ifs on the sample rate (1.5 MB wheel)
+SILERO_V4 = Wheel(
+    "faster-whisper==0.10.1",
+    "faster_whisper-0.10.1-py3-none-any.whl",
+    "27935ef45598ed53ae954d42e6c696852b4f675daf080cd8d958238136309ff8",
+    {"faster_whisper/assets/silero_vad.onnx": "591f853590d11ddde2f2a54f9e7ccecb2533a8af7716330e8adfa6f3849787a9"},
+)
+# PP-OCRv4's text recogniser (SVTR): a MobileNet-style conv backbone, then transformer blocks whose attention is a
+# MatMul of two input-dependent tensors and a Softmax, with LayerNorm spelled out (ReduceMean, Pow, Sqrt, Div);
+# only this file of the 15 MB wheel is extracted (11 MB)
+RAPIDOCR = Wheel(
+    "rapidocr-onnxruntime==1.4.4",
+    "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
+    "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+    {
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx": (
+            "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"
+        ),
+    },
+)
+WHEELS = (SILERO, SILERO_V4, RAPIDOCR)
 
 
 def _sha256(path: Path) -> str:

@@ -1,6 +1,8 @@
 """Real models from PyPI wheels (tests/realmodels.py): the audit found four speech-model files certified 0.0
 because their If branches read the input from the enclosing scope. None may be certified below what onnxruntime
-exhibits; those with input-dependent control flow or Sqrt/Pow front ends are unbounded with the node named."""
+exhibits; those with input-dependent control flow or Sqrt/Pow front ends are unbounded with the node named.
+Also silero-vad v4 (faster-whisper 0.10.1: Sqrt/Log front end, ONNX LSTM ops) and the PP-OCRv4 text recogniser
+(rapidocr-onnxruntime 1.4.4: SVTR attention), each on a stated region."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 import lipcheck
-from tests.realmodels import SILERO, Unavailable, model_path
+from tests.realmodels import RAPIDOCR, SILERO, SILERO_V4, Unavailable, model_path
 
 SHAPES = {"input": (1, 512), "state": (2, 1, 128)}
 
@@ -58,3 +60,83 @@ def test_speech_model_with_a_pinned_sample_rate_gets_a_named_local_reason() -> N
     gates = [c for c in local.changed if c["op"] == "Mul" and c["global"] is None]
     # σ(·)·tanh(·): both factors in [-1, 1], widened by the float32 rounding the ranges allow for
     assert gates and all(c["local"] <= 1.001 for c in gates)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# silero-vad v4 (faster-whisper 0.10.1): an STFT magnitude front end (Pow, Sqrt, Log) and two ONNX LSTM ops
+
+V4_SHAPES = {"input": (1, 512), "h": (2, 1, 64), "c": (2, 1, 64)}
+V4_NAME = "faster_whisper/assets/silero_vad.onnx"
+
+
+def _silero_v4():
+    try:
+        return model_path(SILERO_V4, V4_NAME)
+    except (Unavailable, OSError) as exc:
+        pytest.skip(f"faster-whisper 0.10.1 not available: {exc}")
+
+
+def test_lstm_speech_model_with_a_log_front_end_names_its_sqrt_and_its_lstm_ops() -> None:
+    """Globally the sample-rate If (its condition reads the integer input) keeps the bound unbounded; with sr pinned
+    the branch is analysed on audio in [-1, 1] and LSTM states h, c in [-1, 1]: the squares get local constants, and
+    what stays unbounded is named, the STFT magnitude's Sqrt (its range reaches 0) and both LSTM ops (no rule)."""
+    path = _silero_v4()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        values = {"input": x, "sr": np.array(16000, np.int64),
+                  "h": np.zeros(V4_SHAPES["h"], np.float32), "c": np.zeros(V4_SHAPES["c"], np.float32)}
+        return np.concatenate([np.asarray(o, np.float64).ravel() for o in sess.run(None, values)])
+
+    x = rng.uniform(-0.5, 0.5, V4_SHAPES["input"]).astype(np.float32)
+    y = x + rng.standard_normal(V4_SHAPES["input"]).astype(np.float32) * 0.01
+    assert np.linalg.norm(run(x) - run(y)) > 0  # the output does move with the input: nothing may certify 0
+
+    report = lipcheck.analyze(path, input_shape=V4_SHAPES, lower_bound=False, exact_limit=0)
+    assert not report.certified
+    assert [u.op for u in report.unbounded] == ["If"] and "control flow" in report.unbounded[0].reason
+
+    report = lipcheck.analyze(path, input_shape=V4_SHAPES, lower_bound=False, exact_limit=0,
+                              domain="input=-1,1;h=-1,1;c=-1,1;sr=16000,16000")
+    assert not any(u.op == "If" for u in report.unbounded)  # folded: the 16 kHz branch is analysed
+    local = report.local
+    assert local is not None and local.upper_bound is None and not local.certified
+    first = local.unbounded[0]
+    assert first.op == "Sqrt" and first.node.endswith("Sqrt_91") and "range" in first.reason
+    lstms = [u for u in local.unbounded if u.op == "LSTM"]
+    assert len(lstms) == 2 and all("LSTM" in u.reason for u in lstms)
+    squares = [c for c in local.changed if c["op"] == "Pow" and c["global"] is None]
+    # 2·max|re|, 2·max|im| of the STFT on the box: finite (the global constant of x² is none)
+    assert len(squares) == 2 and all(0 < c["local"] < 1e3 for c in squares)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# PP-OCRv4 text recogniser (rapidocr-onnxruntime 1.4.4): conv backbone + SVTR attention blocks
+
+REC_NAME = "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"
+REC_SHAPE = (1, 3, 48, 320)  # rapidocr's crop: height 48, width ≥ 320, pixels (v/255 − 0.5)/0.5 in [-1, 1]
+
+
+@pytest.mark.slow
+def test_attention_ocr_model_gets_a_local_bound_or_a_named_node() -> None:
+    """On text-line crops in [-1, 1], a finite local bound must be at least what onnxruntime shows inside the box;
+    otherwise the bound is unbounded with each responsible node and its reason named."""
+    try:
+        path = model_path(RAPIDOCR, REC_NAME)
+    except (Unavailable, OSError) as exc:
+        pytest.skip(f"rapidocr-onnxruntime 1.4.4 not available: {exc}")
+    report = lipcheck.analyze(path, input_shape=REC_SHAPE, lower_bound=False, exact_limit=0, domain="-1,1")
+    assert not report.certified  # attention (MatMul of two input-dependent tensors): no global constant
+    assert any(u.op == "MatMul" for u in report.unbounded)
+    local = report.local
+    assert local is not None
+    if local.upper_bound is not None:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        x = rng.uniform(-0.9, 0.9, REC_SHAPE).astype(np.float32)
+        y = x + rng.uniform(-0.05, 0.05, REC_SHAPE).astype(np.float32)
+        fx, fy = (np.asarray(sess.run(None, {"x": v})[0], np.float64) for v in (x, y))
+        assert local.upper_bound >= float(np.linalg.norm(fx - fy) / np.linalg.norm(x.astype(np.float64) - y))
+    else:
+        assert local.unbounded and all(u.node and u.op and u.reason for u in local.unbounded)

@@ -1040,6 +1040,51 @@ def _instancenorm_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
     return [_affine(ctx, y, scale, bias)]
 
 
+@_rule("LRN")
+def _lrn_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
+    """y_c = x_c·g with g = d_c^(-β) ∈ [d_max^(-β), k^(-β)] (d_c = k + a·S_c ≥ k, a = alpha/size, S_c the window's
+    Σ x² ≤ Σ max(lo², hi²)), and y_c has the sign of x_c. Rounding: onnxruntime keeps a running window sum (adds the
+    head channel, subtracts the tail, Caffe's scheme), so d's error is absolute, up to γ_{2C+size+8}·(k + a·Σ_all
+    max(lo², hi²)) (doubled); positions where that could reach k, or x² could overflow, are unbounded. pow and
+    the division are widened by (β + 2)·δ relative."""
+    x = ctx.iv(node.inputs[0])
+    size_attr = node.attr("size")
+    if size_attr is None or int(size_attr) < 1 or len(x.shape) < 2:
+        raise _NoRule("LRN needs a positive 'size' and an N×C×... input")
+    size = int(size_attr)
+    alpha = float(node.attr("alpha", np.float32(1e-4)))
+    beta = float(node.attr("beta", np.float32(0.75)))
+    k = float(node.attr("bias", np.float32(1.0)))
+    if not (k > 0 and beta >= 0 and alpha >= 0):
+        raise _NoRule(f"LRN with bias={k:g}, beta={beta:g}, alpha={alpha:g}: no range rule")
+    a = alpha / size
+    channels = x.shape[1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        m2 = np.maximum(x.lo * x.lo, x.hi * x.hi)
+        before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+        window = np.zeros_like(m2)
+        for off in range(-before, after + 1):  # the window of c is c - before .. c + after (clipped)
+            lo_c, hi_c = max(0, -off), min(channels, channels - off)
+            if hi_c > lo_c:
+                window[:, lo_c:hi_c] += m2[:, lo_c + off:hi_c + off]
+        total = np.sum(m2, axis=1, keepdims=True)
+        err = 2.0 * ctx.prec.gamma(2 * channels + size + 8) * (k + a * total)
+        d_low = k - err
+        bad = ~(d_low > 0) | ~(total <= 0.5 * ctx.prec.max)
+        g_max = np.where(bad, 1.0, d_low) ** -beta
+        g_min = (k + a * window + err) ** -beta
+        g_min = np.where(np.isfinite(g_min), g_min, 0.0)
+        lo = np.where(x.lo >= 0, x.lo * g_min, x.lo * g_max)
+        hi = np.where(x.hi <= 0, x.hi * g_min, x.hi * g_max)
+    out = _widen(lo, hi, ctx.prec, (beta + 2.0) * ctx.prec.delta)
+    if bad.any():
+        ctx.partial = ("op LRN: the running window sum's rounding could reach the bias, or x² overflow "
+                       f"({ctx.prec.name})")
+        full = np.broadcast_to(bad, out.lo.shape)
+        out = Interval(np.where(full, -_INF, out.lo), np.where(full, _INF, out.hi))
+    return [out]
+
+
 # ----------------------------------------------------------------------------------------------------
 # types, comparisons, shapes
 

@@ -316,8 +316,8 @@ _TORCH_PANEL = "PyTorch files"
 _MAX_LIPSCHITZ_HELP = "Fail when the certified upper bound, rounded as printed (4 significant digits), is above X."
 _MAX_LAYER_SIGMA_HELP = "Fail when a layer's certified σ (σ upper, rounded as printed) is above Y."
 _ALLOW_UNCERTIFIED_HELP = "Do not fail when the bound is unbounded (no certificate): warn instead."
-_PLOT_HELP = ("Draw per-layer σ and the bound along depth to FILE (.png, .svg or .pdf); needs "
-              "pip install 'lipcheck\\[plot]'.")
+_PLOT_HELP = ("Draw per-layer σ and the bound along depth to FILE (.png, .svg or .pdf), and with analyze "
+              "--around a histogram of the per-point bounds and ‖J‖; needs pip install 'lipcheck\\[plot]'.")
 _EXIT_ZERO_HELP = "Exit 0 when the gate fails (still 2 when lipcheck cannot run)."
 
 MaxLipschitzOpt = Annotated[

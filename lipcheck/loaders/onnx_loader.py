@@ -613,20 +613,30 @@ def _shapes_from_onnxruntime(
         dtypes[n] = arr.dtype.name
 
 
+# Ops whose constant inputs are weights: Inf there is a broken model, refused. Elsewhere a constant may hold ±inf
+# (a mask: Max(x, c), Where(m, x, -inf), Add(x, mask) before a Softmax); lipcheck.rules.masks follows those
+# entries and makes the bound unbounded, naming the node, where it cannot (it skips these ops' constants).
+_INF_REFUSED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Mul", "Div", "BatchNormalization",
+                          "LayerNormalization", "InstanceNormalization", "GroupNormalization", "PRelu"})
+
+
 def _check_finite(
     constants: Mapping[str, np.ndarray], param_names: Mapping[str, str], nodes: list[Node], label: str
 ) -> None:
-    """Refuse NaN / Inf in any constant a node reads, chunk by chunk (a mapped weight's pages are handed back)."""
-    checked: set[str] = set()
+    """Refuse NaN in any constant a node reads, and Inf in the weights of the ops in :data:`_INF_REFUSED`, chunk by
+    chunk (a mapped weight's pages are handed back)."""
+    readers: dict[str, Node] = {}  # constant -> the node named in a refusal: a weighted op if one reads it
     for node in nodes:
         for i in node.inputs:
-            if i in constants and i not in checked:
-                checked.add(i)
-                arr = constants[i]
-                bad = nonfinite_kind(arr) if np.asarray(arr).dtype.kind == "f" else None
-                release_pages(arr)
-                if bad is not None:
-                    raise InvalidWeightsError(
-                        f"{label}: weight '{param_names.get(i, i)}' used by node '{node.name}' ({node.op_type}) "
-                        f"contains {bad} values"
-                    )
+            if i in constants and (i not in readers or (node.op_type in _INF_REFUSED
+                                                        and readers[i].op_type not in _INF_REFUSED)):
+                readers[i] = node
+    for i, node in readers.items():
+        arr = constants[i]
+        bad = nonfinite_kind(arr) if np.asarray(arr).dtype.kind == "f" else None
+        release_pages(arr)
+        if bad == "NaN" or (bad == "Inf" and node.op_type in _INF_REFUSED and node.domain in ("", "ai.onnx")):
+            raise InvalidWeightsError(
+                f"{label}: weight '{param_names.get(i, i)}' used by node '{node.name}' ({node.op_type}) "
+                f"contains {bad} values"
+            )

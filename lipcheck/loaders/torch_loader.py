@@ -480,11 +480,14 @@ def locate_state_dict(obj: Mapping[str, Any], key: str | None, label: str) -> tu
                 keys = ", ".join(repr(k) for k in list(obj)[:8])
                 raise LoadError(f"{label}: --key {key!r} not found in the checkpoint (its keys: {keys})")
             node = node[part]
-        if not isinstance(node, Mapping) or not any(isinstance(v, torch.Tensor) for v in node.values()):
+        if not isinstance(node, Mapping) or not (_is_empty_dict(node)
+                                                 or any(isinstance(v, torch.Tensor) for v in node.values())):
             raise LoadError(f"{label}: --key {key!r} does not hold a state dict (no tensors under it)")
         return path, f"under {key!r}"
     if _is_tensor_dict(obj):
         return (), "at the top level"
+    if _is_empty_dict(obj):  # torch.save(model.state_dict()) of a model without weights (Sigmoid, ReLU → Tanh)
+        return (), "at the top level (empty: a model without weights)"
     found = [k for k in STATE_DICT_KEYS if _is_tensor_dict(obj.get(k))]
     found += [k for k, v in obj.items() if k not in found and _is_tensor_dict(v) and _looks_like_weights(v)]
     if len(found) == 1 or (found and found[0] in STATE_DICT_KEYS):
@@ -492,9 +495,18 @@ def locate_state_dict(obj: Mapping[str, Any], key: str | None, label: str) -> tu
     tensors = [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
     if tensors and len(tensors) >= len(obj) / 2:
         return (), "at the top level (non-tensor entries ignored)"
+    if not found and not tensors:  # a checkpoint of a model without weights: its state dict is empty
+        empty = [k for k in STATE_DICT_KEYS if _is_empty_dict(obj.get(k))]
+        if empty:
+            return (empty[0],), f"under {empty[0]!r} (empty: a model without weights)"
     keys = ", ".join(repr(k) for k in list(obj)[:8])
     raise LoadError(f"{label}: a checkpoint without a state dict lipcheck recognises (keys: {keys}); "
                     "pass --key NAME to pick the one that holds the model's weights")
+
+
+def _is_empty_dict(obj: Any) -> bool:
+    """An empty mapping: what ``state_dict()`` gives for a model without parameters or buffers."""
+    return isinstance(obj, Mapping) and not obj
 
 
 def _looks_like_weights(v: Mapping[str, Any]) -> bool:
@@ -553,8 +565,10 @@ def _from_state_dict(obj: Mapping[str, Any], path: Path, options: TorchOptions) 
     state, where = find_state_dict(obj, options.key, label)
     if options.arch is None:
         example = ", ".join(repr(k) for k in list(state)[:2])
+        what = (f"a state dict ({len(state)} tensors, e.g. {example}) holds weights but not the architecture" if state
+                else "an empty state dict (a model without weights) does not say which model it is")
         raise LoadError(
-            f"{label}: a state dict ({len(state)} tensors, e.g. {example}) holds weights but not the architecture: "
+            f"{label}: {what}: "
             "pass --arch package.module:factory (or path/to/file.py:factory), a callable that builds the nn.Module"
         )
     module = build_arch(options.arch, options.arch_kwargs)

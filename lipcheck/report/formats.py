@@ -117,7 +117,13 @@ def _method_fact(bound: BoundResult) -> Fact:
         value = format_number(bound.value)
     else:
         value = f"none ({bound.detail.get('reason', 'not certified')})"
-    return Fact(method_label(bound.method), f"{value} ({method_seconds(bound.seconds)})", sub=True)
+    extra = ""
+    solver = bound.detail.get("solver")
+    if solver and bound.detail.get("solver_value") is not None:
+        used = str(bound.detail.get("multipliers", ""))
+        extra = (f"; SDP solver {solver}: {format_number(float(bound.detail['solver_value']))}, not verified"
+                 f"{', its multipliers certified this value' if used.startswith('sdp-solver') else ''}")
+    return Fact(method_label(bound.method), f"{value} ({method_seconds(bound.seconds)}{extra})", sub=True)
 
 
 def block_lines(report: Report) -> list[str]:

@@ -371,6 +371,9 @@ class Report:
             "bounds": [
                 {"method": b.method, "value": b.value, "seconds": b.seconds, "certified": b.certified}
                 | ({"blocks": list(b.detail["blocks"])} if b.method == "blocks" and "blocks" in b.detail else {})
+                | ({"solver": {"name": b.detail["solver"], "status": b.detail.get("solver_status"),
+                               "value": b.detail.get("solver_value"), "used": b.detail.get("multipliers")}}
+                   if b.method == "lipsdp" and "solver" in b.detail else {})
                 for b in self.bounds
             ],
             "estimate": self.estimate,

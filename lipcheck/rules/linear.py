@@ -330,14 +330,15 @@ def _times_function_of_self(node: Node, ctx: RuleContext) -> tuple[int, float, s
         if pg.op_type == "Add":
             one = [c for c in (ctx.const(i) for i in pg.inputs) if c is not None]
             erf = [ctx.producer(i) for i in pg.inputs if ctx.is_var(i)]
-            if len(one) == 1 and one[0].size == 1 and float(one[0]) == 1.0 and len(erf) == 1 and erf[0] is not None:
+            if (len(one) == 1 and one[0].size == 1 and float(one[0].item()) == 1.0 and len(erf) == 1
+                    and erf[0] is not None):
                 e = erf[0]
                 if e.op_type == "Erf":
                     d = ctx.producer(e.inputs[0])
                     if d is not None and d.op_type in ("Div", "Mul") and ctx.is_var(d.inputs[0]):
                         k = ctx.const(d.inputs[1])
                         want = _SQRT2 if d.op_type == "Div" else 1 / _SQRT2
-                        if k is not None and k.size == 1 and abs(float(k) - want) < 1e-5 and d.inputs[0] in sources:
+                        if k is not None and k.size == 1 and abs(float(k.item()) - want) < 1e-5 and d.inputs[0] in sources:
                             if d.inputs[0] == x or px is not None:
                                 return xi, 2 * GELU, "GELU x·(1+erf(x/√2)) = 2·GELU(x): 2·1.1290 (computed)"
     return None

@@ -3,11 +3,13 @@
 A rule reads one node (never walks the graph) and says how the Lipschitz constants of the node's variable
 inputs combine into the constant of its outputs: ``L_out = Σ_i gain_i · L_i`` (``combine="sum"``) or
 ``L_out = √Σ_i (gain_i · L_i)²`` (``combine="rss"``). A rule that finds no global constant raises
-:class:`NoGlobalConstant` with the reason; the walker records the node as unbounded.
+:class:`NoGlobalConstant` with the reason; the walker records the node as unbounded. Before any rule runs,
+:mod:`lipcheck.rules.masks` refuses the nodes that constant ±inf entries (masks) leave unbounded.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -68,14 +70,33 @@ _RULES: dict[str, Rule] = {}
 
 
 def register(*ops: str) -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the rule of ``ops``; :func:`rule_for` hands it out behind the ±inf-mask check."""
+
     def deco(fn: Rule) -> Rule:
+        checked = _behind_mask_check(fn)
         for op in ops:
             if op in _RULES:
                 raise RuntimeError(f"a rule for {op} is already registered ({_RULES[op].__name__})")
-            _RULES[op] = fn
+            _RULES[op] = checked
         return fn
 
     return deco
+
+
+def _behind_mask_check(fn: Rule) -> Rule:
+    """``fn``, first refusing (NoGlobalConstant) a node that constant ±inf entries leave unbounded
+    (:mod:`lipcheck.rules.masks`): every rule the walker runs goes through this one check."""
+
+    @functools.wraps(fn)
+    def rule(node: Node, ctx: RuleContext) -> OpBound:
+        from lipcheck.rules.masks import refusal
+
+        why = refusal(node, ctx.graph)
+        if why is not None:
+            raise NoGlobalConstant(why)
+        return fn(node, ctx)
+
+    return rule
 
 
 def rule_for(op_type: str) -> Rule | None:

@@ -59,6 +59,7 @@ class Limits:
     # ... and at most evaluation_budget / Σ n_i³ of them (n_i the chain's hidden widths: an evaluation costs about
     # three symmetric eigenproblems per layer), at least MIN_EVALUATIONS: a cost cap that does not depend on the clock
     evaluation_budget: float | None = None
+    solver: bool = False  # an SDP solver's multipliers as one more lipsdp candidate (the ``sdp`` extra, if installed)
 
 
 @dataclass
@@ -372,7 +373,7 @@ def _chain_window(graph: Graph, run: Sequence[Piece], bounds: Mapping[str, tuple
         evaluations = by_cost if evaluations is None else min(evaluations, by_cost)
     try:
         result = lipsdp_fn(chain_cls(tuple(weights), tuple(slopes), tuple(errors)), time_limit=remaining,
-                           max_evaluations=evaluations)
+                           max_evaluations=evaluations, solver=limits.solver)
     except (ArithmeticError, ValueError, RuntimeError, MemoryError):
         return per_piece
     if not result.certified or result.value is None or not result.value < piecewise:

@@ -27,6 +27,19 @@ _SHIFTS = ("Add", "Sub")
 _SHAPE_OPS = ("Flatten", "Reshape", "Identity", "Dropout")
 
 
+def masked_node(graph: Graph) -> str | None:
+    """Why the graph cannot be bounded because of constant ±inf entries (:mod:`lipcheck.rules.masks`: a mask that
+    reaches an op that does not follow it), naming the node; None when there is none. The tighter methods see a
+    constant Add as a shift whatever its values, so they must not run where the per-op rules refuse."""
+    from lipcheck.rules.masks import refusal
+
+    for node in graph.nodes:
+        reason = refusal(node, graph)
+        if reason is not None:
+            return f"{node.label}: {reason}"
+    return None
+
+
 def find_chain(graph: Graph) -> tuple[Chain, float] | str:
     """(chain, factor) with L(model) ≤ factor·L(chain), or the reason the graph is not such a chain."""
     float_inputs = graph.float_inputs
@@ -35,6 +48,9 @@ def find_chain(graph: Graph) -> tuple[Chain, float] | str:
     current = float_inputs[0].name
     items: list[tuple[str, Any]] = []  # ("W", matrix) or ("φ", (α, β))
     factor = 1.0
+    masked = masked_node(graph)
+    if masked is not None:
+        return masked
     for node in graph.nodes:
         var = [i for i in node.inputs if i and not graph.is_const(i)]
         if var != [current] or len(node.outputs) != 1:

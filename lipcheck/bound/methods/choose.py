@@ -4,6 +4,8 @@
   per-layer cumulative bounds and the estimate).
 - ``lipsdp``: the product, plus the LipSDP-Neuron bound (:mod:`.lipsdp`) when the graph is an MLP chain
   (:func:`.chain.find_chain`); otherwise a result without a value whose reason says why the graph is not a chain.
+  With the ``sdp`` extra installed (:mod:`.sdp`), an SDP solver's multipliers are one more candidate, certified the
+  same way (also under ``blocks``; never under ``auto``, whose time it would exceed).
 - ``blocks``: the product, plus :mod:`.blocks`: the model cut where all of it passes through one tensor, each piece
   bounded by the tightest of its product, its composed linear operator, lipsdp on a chain of composed operators and
   activations, and the residual-block LMI; the pieces' factors multiplied.
@@ -45,7 +47,8 @@ EXPLICIT_TIME_LIMIT = 60.0  # ... and under --method lipsdp
 # at width 6 (384, 96) 1.7 s; --method blocks: the sample ResNet block (two residual LMIs of order 4096) 14 s.
 AUTO_BLOCKS = {"max_entries": 2**21, "max_order": 1024, "search_seconds": 15.0, "total_seconds": 20.0,
                "max_evaluations": 100, "evaluation_budget": 5e8}
-EXPLICIT_BLOCKS = {"max_entries": 2**25, "max_order": 8192, "search_seconds": 60.0, "total_seconds": 600.0}
+EXPLICIT_BLOCKS = {"max_entries": 2**25, "max_order": 8192, "search_seconds": 60.0, "total_seconds": 600.0,
+                   "solver": True}
 LINEAR_OPS = ("Gemm", "MatMul")  # the chain's weighted layers (chain.find_chain accepts no other)
 
 
@@ -105,7 +108,7 @@ def lipsdp_result(
         on_start()
     start = time.perf_counter()
     try:
-        result = chain_bound(graph, time_limit=limit)
+        result = chain_bound(graph, time_limit=limit, solver=method == LIPSDP)
     except (ArithmeticError, ValueError, RuntimeError, MemoryError) as exc:  # numerics that refuse these weights
         reason = f"{type(exc).__name__}: {exc}"
         return (BoundResult(LIPSDP, None, time.perf_counter() - start, False, {"reason": reason}),
@@ -130,13 +133,17 @@ def blocks_result(
     """(the blocks method's result or None when it does not run, a note or None): under ``blocks``, and under
     ``auto`` for graphs that are not MLP chains (lipsdp covers those whole)."""
     from lipcheck.bound.methods.blocks import Limits, blocks_bound
-    from lipcheck.bound.methods.chain import find_chain
+    from lipcheck.bound.methods.chain import find_chain, masked_node
 
     method = check_method(method)
     if method in (PRODUCT, LIPSDP):
         return None, None
     if method == "auto" and not isinstance(find_chain(graph), str):
         return None, None
+    masked = masked_node(graph)
+    if masked is not None:
+        return (BoundResult(BLOCKS, None, 0.0, False, {"reason": masked}),
+                f"blocks does not apply ({masked}): the bound is the product's")
     limits = Limits(**(AUTO_BLOCKS if method == "auto" else EXPLICIT_BLOCKS))  # type: ignore[arg-type]
     start = time.perf_counter()
     try:

@@ -121,12 +121,16 @@ def _scale_exponent(w: np.ndarray) -> int:
 
 
 def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: float = 60.0,
-           max_evaluations: int | None = None) -> MethodResult:
+           max_evaluations: int | None = None, solver: bool = False) -> MethodResult:
     """Certified upper bound on the L2 Lipschitz constant of ``chain`` by LipSDP-Neuron multipliers (module docstring).
 
     The multiplier search stops after ``iterations`` L-BFGS iterations or ``max_evaluations`` objective evaluations
     (both reproducible), or after ``time_limit`` seconds (a safety net: the value then depends on the machine's speed,
     and ``detail["stopped"]`` says so).
+
+    With ``solver`` (and the ``sdp`` extra installed, :mod:`.sdp`), an SDP solver's multipliers are one more candidate;
+    every candidate is certified the same way and the least certified value is reported (``detail["multipliers"]``
+    names which one; ``detail["solver_value"]`` is the solver's own, unverified number).
 
     Returns value None / certified False only if no certificate could be established (the caller then uses the
     product bound)."""
@@ -152,23 +156,88 @@ def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: fl
                             max_evaluations=max_evaluations)
     detail.update(info)
     candidates = [(c, ts, "optimized"), (fast_c, fast_ts, "eclipse-fast")]
+    if solver:
+        solved = _solver_candidate(normalized, slopes, time_limit, (fast_c, fast_ts))
+        if solved is not None:
+            # the solver's ρ̂ is only approximately feasible: its multipliers are kept, and their own value c is
+            # recomputed by the elimination (the least ρ the LMI admits with them, up to the certificate's margin)
+            detail.update(solved[2])
+            name = solved[2]["solver"]
+            candidates.append((_c_of(normalized, slopes, solved[1]), solved[1], f"sdp-solver ({name})"))
+            # ... and polished: the first-order search restarted from the solver's multipliers
+            z0 = _start_point(normalized, slopes, solved[1])
+            if z0 is not None:
+                remaining = max(1.0, time_limit - (time.perf_counter() - start))
+                c2, ts2, info2 = _optimize(normalized, slopes, iterations=iterations, time_limit=remaining,
+                                           max_evaluations=max_evaluations, z0=z0)
+                detail["polish_evaluations"] = info2.get("evaluations")
+                candidates.append((c2, ts2, f"sdp-solver ({name}), polished"))
     candidates.sort(key=lambda x: x[0] if math.isfinite(x[0]) else math.inf)
+    best: tuple[float, float, str] | None = None  # (ρ', margin, origin) of the least certified ρ'
     for value, mults, origin in candidates:
-        if not (math.isfinite(value) and value > 0):
+        if not (math.isfinite(value) and value > 0) or (best is not None and value >= best[0]):
             continue
         for margin in MARGINS:
             rho = value * (1.0 + margin)
+            if best is not None and rho >= best[0]:
+                break
             t_cert = [t * (value * (1.0 + 0.5 * margin)) for t in mults]
             balanced = _balance(normalized, t_cert, rho, norm_errors)
             if balanced is not None and certify_psd(balanced[0], slopes, balanced[2], balanced[1], balanced[3]):
-                detail.update({"margin": margin, "multipliers": origin, "rho_normalized": rho, "exponent": sum(exps)})
-                bound = _scaled_sqrt(rho, sum(exps))
-                product = product_bound(chain)
-                detail["product"] = product
-                if product < bound:  # possible with identity-like slopes [1, 1]: the product is certified too
-                    bound, detail["multipliers"] = product, "product"
-                return MethodResult(METHOD, bound, time.perf_counter() - start, True, detail)
+                best = (rho, margin, origin)
+                break
+    if best is not None:
+        rho, margin, origin = best
+        detail.update({"margin": margin, "multipliers": origin, "rho_normalized": rho, "exponent": sum(exps)})
+        bound = _scaled_sqrt(rho, sum(exps))
+        product = product_bound(chain)
+        detail["product"] = product
+        if product < bound:  # possible with identity-like slopes [1, 1]: the product is certified too
+            bound, detail["multipliers"] = product, "product"
+        if "solver_value" in detail:  # the solver's own number, unverified: shown at the chain's scale, labelled
+            detail["solver_value"] = _scaled_sqrt(float(detail["solver_value"]) ** 2, sum(exps))
+        return MethodResult(METHOD, bound, time.perf_counter() - start, True, detail)
     return MethodResult(METHOD, None, time.perf_counter() - start, False, {**detail, "reason": "no certificate"})
+
+
+def _solver_candidate(
+    weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], time_limit: float,
+    guess: tuple[float, Sequence[np.ndarray]],
+) -> tuple[float, list[np.ndarray], dict[str, object]] | None:
+    """The SDP solver's (ρ̂, multipliers T/ρ̂, info) for the normalized chain, or None (extra missing, over its size
+    limit, or the solver failed). The solver sees the LMI balanced at ``guess`` = (c, [T_i]) (ECLipsE-Fast's point,
+    :func:`_balance`): its blocks are then of order one, which its absolute tolerances need; the congruence is
+    undone on the multipliers it returns."""
+    from lipcheck.bound.methods import sdp
+
+    c, ts = guess
+    if not (math.isfinite(c) and c > 0.0) or len(ts) != len(slopes):
+        return None
+    exps = _balance_exponents([t * c for t in ts], c)
+    balanced = _balance(weights, [t * c for t in ts], c)
+    if balanced is None:
+        return None
+    solved = sdp.solve(balanced[0], slopes, time_limit=time_limit)
+    if solved is None:
+        return None
+    rho, mults, info = solved  # T̃_i/ρ̃ with T̃_i = 2^{2s_i}T_i, ρ̃ = 2^{2s_0}ρ
+    if not (math.isfinite(rho) and rho > 0.0) or len(mults) != len(slopes) or not all(
+        t.shape == (int(w.shape[0]),) and np.all(np.isfinite(t)) and np.all(t >= 0) and np.any(t > 0)
+        for t, w in zip(mults, weights)
+    ):
+        return None  # garbage from the solver: the candidate is dropped
+    back = [np.ldexp(t, 2 * exps[0] - 2 * exps[i + 1]) for i, t in enumerate(mults)]
+    info = {**info, "solver_value": math.sqrt(math.ldexp(rho, -2 * exps[0]))}
+    return math.ldexp(rho, -2 * exps[0]), back, info
+
+
+def _balance_exponents(ts: Sequence[np.ndarray], rho: float) -> list[int]:
+    """s_0 … s_{k−1} of :func:`_balance`: about −½·log₂ of ρ and of each block's largest multiplier."""
+
+    def half_exponent(x: float) -> int:
+        return -round(math.log2(x)) // 2 if x > 0 else 0
+
+    return [half_exponent(rho)] + [half_exponent(float(np.max(t))) for t in ts]
 
 
 def _balance(
@@ -182,11 +251,7 @@ def _balance(
     W̃_k = 2^{s_{k−1}}W_k, and congruence keeps P ⪰ 0 either way: certifying the returned (W̃, T̃, ρ̃) certifies L ≤ √ρ
     for W. Powers of two scale exactly (the weights' error bounds scale with them); None if some scaled value under-
     or overflowed."""
-
-    def half_exponent(x: float) -> int:
-        return -round(math.log2(x)) // 2 if x > 0 else 0
-
-    exps = [half_exponent(rho)] + [half_exponent(float(np.max(t))) for t in ts]
+    exps = _balance_exponents(ts, rho)
     k = len(weights)
     errors = list(errors) if errors is not None else [None] * k
     new_w: list[np.ndarray] = []
@@ -276,9 +341,9 @@ def _solve_lower(low: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _optimize(
     weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], *, iterations: int, time_limit: float,
-    max_evaluations: int | None = None,
+    max_evaluations: int | None = None, z0: np.ndarray | None = None,
 ) -> tuple[float, list[np.ndarray], dict[str, object]]:
-    """Minimize log c over (θ, γ) with L-BFGS from ECLipsE-Fast's point; returns (c, [T_i], info) at the best point
+    """Minimize log c over (θ, γ) with L-BFGS from ECLipsE-Fast's point (or from ``z0``); returns (c, [T_i], info) at the best point
     seen (all evaluated in float64 by torch; the certificate re-checks everything)."""
     import torch
 
@@ -358,7 +423,7 @@ def _optimize(
         torch.set_num_threads(1)
     try:
         # scipy's L-BFGS-B, not torch.optim's: importing torch.optim loads torch._dynamo (1.5 s)
-        minimize(objective, np.zeros(n_theta + len(sizes)), jac=True, method="L-BFGS-B",
+        minimize(objective, np.zeros(n_theta + len(sizes)) if z0 is None else z0, jac=True, method="L-BFGS-B",
                  options={"maxiter": iterations, "maxcor": 20, "gtol": 1e-9, "ftol": 1e-9})
     except _OutOfTime:
         pass
@@ -373,6 +438,34 @@ def _optimize(
     ts_best: list[np.ndarray] = best["ts"]  # type: ignore[assignment]
     c_check = _c_of(weights, slopes, ts_best)
     return c_check, ts_best, info
+
+
+def _start_point(
+    weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], ts: Sequence[np.ndarray]
+) -> np.ndarray | None:
+    """The parameters z = (θ, η) of :func:`_optimize` closest to given multipliers T_i (θ_i = log T_i, γ_i from the
+    layer's scale, clipped into (0.01, 0.99)), or None when they do not give a feasible elimination."""
+    k_hat = weights[0] @ weights[0].T
+    thetas: list[np.ndarray] = []
+    etas: list[float] = []
+    for i, (alpha, beta) in enumerate(slopes):
+        t = np.asarray(ts[i], dtype=np.float64)
+        top = float(np.max(t)) if t.size else 0.0
+        if not (math.isfinite(top) and top > 0.0):
+            return None
+        t = np.maximum(t, top * 1e-9)
+        mu = float(np.linalg.eigvalsh(np.sqrt(t)[:, None] * k_hat * np.sqrt(t)[None, :])[-1])
+        w2 = (0.5 * (beta - alpha)) ** 2
+        gamma = min(max(mu * (w2 if w2 > 0 else 1.0), 0.0105), 0.9895)
+        frac = (gamma - 0.01) / 0.98
+        thetas.append(np.log(t))
+        etas.append(math.log(frac / (1.0 - frac)))
+        t_used = gamma / (mu * (w2 if w2 > 0 else 1.0)) * t
+        step = _eliminate(k_hat, t_used, alpha, beta, weights[i + 1])
+        if step is None:
+            return None
+        k_hat = step
+    return np.concatenate(thetas + [np.asarray(etas)])
 
 
 def _c_of(weights: Sequence[np.ndarray], slopes: Sequence[tuple[float, float]], ts: Sequence[np.ndarray]) -> float:
