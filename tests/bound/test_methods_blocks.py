@@ -220,7 +220,8 @@ class _RandomNet(torch.nn.Module):
         return self.fc(torch.flatten(self.act(self.c1(h)), 1))
 
 
-@pytest.mark.parametrize("seed,act", [(0, "relu"), (2, "tanh"), pytest.param(1, "leaky", marks=pytest.mark.slow),
+@pytest.mark.parametrize("seed,act", [(0, "relu"), pytest.param(2, "tanh", marks=pytest.mark.slow),
+                                      pytest.param(1, "leaky", marks=pytest.mark.slow),
                                       pytest.param(3, "relu", marks=pytest.mark.slow),
                                       pytest.param(4, "leaky", marks=pytest.mark.slow)])
 def test_blocks_bound_is_sound_and_at_most_the_product_on_random_nets(seed: int, act: str) -> None:

@@ -94,7 +94,10 @@ def _ascended_ratio_torch(module: torch.nn.Module, shape: tuple[int, ...]) -> fl
     return best
 
 
-@pytest.mark.parametrize("name", ONNX_MODELS)
+_HEAVY = ("sn_discriminator", "strided_dilated_depthwise")  # 5-8 s each: in the slow set
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _HEAVY else n for n in ONNX_MODELS])
 def test_onnx_global_target_is_met_and_measured(name: str, tmp_path: Path) -> None:
     src = SAMPLES / f"{name}.onnx"
     before = _sha(src)
@@ -126,7 +129,9 @@ def test_onnx_per_layer_target(name: str, tmp_path: Path) -> None:
     assert result.bound_after == pytest.approx(report.upper_bound)
 
 
-@pytest.mark.parametrize(("file", "options"), TORCH_FILES, ids=[t[0] for t in TORCH_FILES])
+@pytest.mark.parametrize(("file", "options"), [
+    pytest.param(f, o, marks=pytest.mark.slow) if f == "sn_discriminator_legacy.pt" else (f, o) for f, o in TORCH_FILES
+], ids=[t[0] for t in TORCH_FILES])
 def test_torch_formats_global_target(file: str, options: dict[str, Any], tmp_path: Path) -> None:
     src = SAMPLES / "torch" / file
     before = _sha(src)
