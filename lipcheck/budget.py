@@ -196,6 +196,15 @@ def conv_costs(
     adjoint of): "operator" (building it: read tables and one application's tensors), "power", "exact", "circular",
     "reshaped". From shapes only; nothing is allocated."""
     k = math.prod(kernel)
+    if all(kk == 1 for kk in kernel):
+        # 1×1 (any stride): conv_norms bounds the groups' C_out×C_in channel matrices, never the operator
+        g = max(groups, 1)
+        matrix = matrix_costs(batch=g, m=c_out // g, n=c_in // g, iterations=iterations, exact_limit=exact_limit)
+        lo, hi = sorted((c_out // g, c_in // g))
+        return {"operator": StageCost(0.0, 0.0), "power": matrix["power"], "exact": matrix["exact"],
+                "circular": StageCost(0.0, 0.0),
+                "reshaped": StageCost(8.0 * (lo * hi + 3 * lo * lo),
+                                      (2.0 * lo * lo * hi + 10.0 * lo**3) / MATMUL_FLOPS_F64)}
     n_in = c_in * math.prod(input_spatial)
     n_out = c_out * math.prod(output_spatial)
     n_pad = c_in * math.prod(padded)

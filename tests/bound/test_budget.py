@@ -163,3 +163,12 @@ def test_lower_bound_values_do_not_depend_on_the_draw_order() -> None:
     a = empirical_lower_bound(graph, time_budget=60.0, jacobian_samples=3, ascent_restarts=3, ascent_steps=5)
     b = empirical_lower_bound(graph, time_budget=60.0, jacobian_samples=3, ascent_restarts=3, ascent_steps=5)
     assert a.value == b.value and a.value is not None and math.isfinite(a.value)
+
+
+def test_pointwise_strided_convs_cost_their_channel_matrices_only() -> None:
+    """A 1×1 conv (any stride) is bounded through its C_out×C_in matrices: no circular-bound estimate, so no
+    "resource limits" note on ResNet-50's downsample convs (it said "7 min > limit" for a 2 ms computation)."""
+    costs = conv_costs(c_out=2048, c_in=1024, groups=1, kernel=(1, 1), input_spatial=(14, 14), output_spatial=(7, 7),
+                       padded=(14, 14), strides=(2, 2), iterations=100, exact_size=1024 * 196, exact_limit=2_000_000)
+    assert costs["circular"].seconds == 0.0 and costs["operator"].seconds == 0.0
+    assert sum(c.seconds for c in costs.values()) < 5.0
