@@ -109,6 +109,10 @@ def test_lstm_speech_model_with_a_log_front_end_names_its_sqrt_and_its_lstm_ops(
     squares = [c for c in local.changed if c["op"] == "Pow" and c["global"] is None]
     # 2·max|re|, 2·max|im| of the STFT on the box: finite (the global constant of x² is none)
     assert len(squares) == 2 and all(0 < c["local"] < 1e3 for c in squares)
+    # Log(1 + 2^20·|X|): its input is ≥ 1 on the region (the sums of squares before the Sqrt stay ≥ 0)
+    assert not any(u.op == "Log" for u in local.unbounded)
+    logs = [c for c in local.changed if c["op"] == "Log"]
+    assert len(logs) == 1 and 1.0 <= logs[0]["local"] < 1.001
 
 
 # --------------------------------------------------------------------------------------------------------------------

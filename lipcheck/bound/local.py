@@ -28,7 +28,7 @@ the bound unbounded with that reason, never clipped.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -478,6 +478,21 @@ def local_rule(node: Node, graph: Graph, ranges: _Ranges) -> OpBound | None:
     return None if rule is None else rule(node, graph, ranges)
 
 
+def _unbounded_range(node: Node, var: Sequence[int], ranges: _Ranges) -> str | None:
+    """Which input of ``node`` has no finite range on the region (interval arithmetic overflowed or reached a
+    singular point upstream), e.g. "input 'h' has range [-inf, 3.9e+30] on the region"; None when all are finite."""
+    for i in var:
+        name = node.inputs[i]
+        raw = ranges.raw(name)
+        if raw is None:
+            return f"input {name!r} has no range on the region"
+        lo, hi = raw
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            return (f"input {name!r} has range [{float(np.min(lo)):.3g}, {float(np.max(hi)):.3g}] on the region "
+                    "(its interval is not finite)")
+    return None
+
+
 def local_bound(graph: Graph, walked: WalkResult, intervals: Mapping[str, Any],
                 dense: dict[str, Any] | None = None) -> LocalResult:
     """Compose the local constants (module docstring) over the graph, reusing the walker's global bounds for every
@@ -524,6 +539,11 @@ def local_bound(graph: Graph, walked: WalkResult, intervals: Mapping[str, Any],
             if bound is None or any(i not in bound.gains for i in live):
                 why = reason or (globally_unbounded[node.name].reason if node.name in globally_unbounded
                                  else "no constant")
+                if reason is None and node.op_type in _LOCAL:
+                    # a local rule exists but found no finite input range to work with: say so first
+                    wide = _unbounded_range(node, var, ranges)
+                    if wide is not None:
+                        why = f"{wide}; without a finite range, the global reason: {why}"
                 result.unbounded.append(Unbounded(node.name, node.op_type, why))
                 value = INF
             else:

@@ -787,7 +787,7 @@ def _pow_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     inner = straddle & (lo_x < 0) & (hi_x > 0) & ~bad
     lo, hi = np.where(inner, np.minimum(lo, z), lo), np.where(inner, np.maximum(hi, z), hi)
-    out = ctx.widen(lo, hi)
+    out = _floor_nonnegative(ctx.widen(lo, hi), (lo_x >= 0) | (is_int & (np.mod(e, 2) == 0)))
     if bad.any():
         ctx.partial = "op Pow: a negative base with a fractional exponent, or 0 with a negative one"
     return [Interval(np.where(bad, -_INF, out.lo), np.where(bad, _INF, out.hi))]
@@ -839,7 +839,26 @@ def _arith_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
                 zb = np.broadcast_to(zero, lo.shape)
                 lo, hi = np.where(zb, -_INF, lo), np.where(zb, _INF, hi)
                 ctx.partial = f"op Div: the divisor's interval contains 0 (input {node.inputs[1]!r})"
-    return [ctx.widen(lo, hi)]
+    out = ctx.widen(lo, hi)
+    if op in ("Add", "Mul", "Div"):
+        if op == "Mul" and node.inputs[0] == node.inputs[1]:
+            nonneg: Array | bool = True
+        else:
+            nonneg = (a.lo >= 0) & ((b.lo > 0) if op == "Div" else (b.lo >= 0))
+        out = _floor_nonnegative(out, nonneg)
+    return [out]
+
+
+def _floor_nonnegative(out: Interval, nonneg: Array | bool) -> Interval:
+    """``out`` with its lower end raised to 0 where the op's exact result is ≥ 0 for every input in the ranges
+    (``nonneg``): rounding is monotone and 0 is representable, so a floating-point result of such an op is ≥ 0
+    too (x·x, sums and products of non-negative numbers, non-negative powers); the rounding margin that widening
+    added below 0 there cannot be reached. Keeps a sum of squares (an STFT magnitude's √(re² + im²)) off the
+    negative numbers where Sqrt would give NaN."""
+    mask = np.broadcast_to(np.asarray(nonneg, dtype=bool), np.shape(out.lo))
+    if not mask.any():
+        return out
+    return Interval(np.where(mask, np.maximum(out.lo, 0.0), out.lo), out.hi)
 
 
 @_rule("Sum", "Mean")
@@ -854,7 +873,8 @@ def _sum_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
         if node.op_type == "Mean":
             lo, hi, mag_lo, mag_hi = lo / k, hi / k, mag_lo / k, mag_hi / k
     out = ctx.widen(lo, hi)
-    return [_widen_sides(out.lo, out.hi, ctx.prec, k, mag_lo, mag_hi)]
+    nonneg = functools.reduce(np.logical_and, [v.lo >= 0 for v in ivs])
+    return [_floor_nonnegative(_widen_sides(out.lo, out.hi, ctx.prec, k, mag_lo, mag_hi), nonneg)]
 
 
 @_rule("Where")

@@ -325,3 +325,19 @@ def test_a_runtime_if_keeps_the_local_and_the_blocks_bounds_unbounded(tmp_path: 
     assert all(b.value is None for b in report.bounds)
     assert report.local is not None and report.local.upper_bound is None
     assert report.local.unbounded and report.local.unbounded[0].op == "If"
+
+
+def test_a_local_rule_without_a_finite_input_range_says_so_before_the_global_reason() -> None:
+    """Mul(exp(exp(exp(x))), x) on [-100, 100]: the Mul's local rule has no finite range for its first operand; its
+    reason names that input and its range, not only "no global Lipschitz constant"."""
+    from onnx import helper
+
+    from tests.helpers import float_model
+
+    nodes = [helper.make_node("Exp", ["x"], ["a"]), helper.make_node("Exp", ["a"], ["b"]),
+             helper.make_node("Exp", ["b"], ["c"]), helper.make_node("Mul", ["c", "x"], ["y"], name="mul")]
+    report = lipcheck.analyze(float_model(nodes, {}, [1, 4], "y", [1, 4]), lower_bound=False, domain="-100,100",
+                              method="product")
+    assert report.local is not None and report.local.upper_bound is None
+    mul = next(u for u in report.local.unbounded if u.node == "mul")
+    assert "input 'c' has range" in mul.reason and "inf" in mul.reason and "global reason" in mul.reason

@@ -685,3 +685,21 @@ def test_constants_are_points() -> None:
     assert "c" in ranges and ranges["c"].is_point
     assert isinstance(ranges["x"], Interval)
     assert ranges.precision == "float32"
+
+
+def test_sums_of_squares_stay_nonnegative_so_a_magnitude_sqrt_has_a_range() -> None:
+    """√(re² + im²) as exported (Mul(x, x), Pow(x, 2), Add): the float32 rounding margin must not push the sum's
+    lower end below 0 (a float square or sum of non-negative floats is never negative), else Sqrt's range is
+    refused as "reaches below 0 (NaN)" and everything after it has no range."""
+    from tests.helpers import float_model
+
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Pow", ["x", "two"], ["p"]),
+             helper.make_node("Add", ["sq", "p"], ["s"]), helper.make_node("Sqrt", ["s"], ["m"]),
+             helper.make_node("Add", ["m", "one"], ["one_plus"]), helper.make_node("Log", ["one_plus"], ["y"])]
+    model = float_model(nodes, {"two": np.array(2.0), "one": np.array(1.0)}, [1, 6], "y", [1, 6])
+    _, ranges = run_case(model, {"x": (-1.0, 1.0)})  # also: onnxruntime's outputs lie in the ranges
+    for name in ("sq", "p", "s", "m"):
+        iv = ranges.intervals[name]
+        assert np.all(iv.lo >= 0) and np.all(np.isfinite(iv.hi)), name
+    assert np.all(ranges.intervals["one_plus"].lo >= 0.999)  # 1 less a float32 rounding margin
+    assert np.all(np.isfinite(ranges.intervals["y"].lo)) and not ranges.unbounded
