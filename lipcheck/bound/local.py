@@ -280,6 +280,25 @@ def _softmax(node: Node, graph: Graph, ranges: _Ranges) -> OpBound | None:
     return OpBound(gains={0: gain}, rule=f"Softmax: max p ≤ {gain:.4g} on the region (local)")
 
 
+@_local("LSTM")
+def _lstm(node: Node, graph: Graph, ranges: _Ranges) -> OpBound | None:
+    """The LSTM rule of :mod:`lipcheck.rules.recurrent` with C_0 = max|c_0| over the initial cell state's range
+    (the forget gate multiplies c_0: only its range makes the product Lipschitz). Unchanged when c_0 is not an
+    input (the global rule already applies)."""
+    from lipcheck.rules.recurrent import lstm_bound
+    from lipcheck.rules.registry import RuleContext
+
+    c0 = node.inputs[6] if len(node.inputs) > 6 else ""
+    if not c0 or graph.is_const(c0):
+        return None
+    r = ranges.get(c0)
+    if r is None:
+        raise NoGlobalConstant(f"LSTM initial cell state {c0!r} has no finite range on the region")
+    c0_max = float(max(np.max(np.abs(r[0])), np.max(np.abs(r[1])))) if r[0].size else 0.0
+    bound = lstm_bound(node, RuleContext(graph), c0_max)
+    return OpBound(gains=bound.gains, rule=bound.rule + " (local)", combine=bound.combine)
+
+
 @_local("LayerNormalization")
 def _layer_norm(node: Node, graph: Graph, ranges: _Ranges) -> OpBound | None:
     """y = γ(x − μ)/√(var + eps) + β over the last axes: J = (γ/σ)(I − 11ᵀ/n − ŷŷᵀ/n) with ŷ ⊥ 1, ‖ŷ‖² ≤ n, so

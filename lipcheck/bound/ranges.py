@@ -793,6 +793,31 @@ def _pow_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
     return [Interval(np.where(bad, -_INF, out.lo), np.where(bad, _INF, out.hi))]
 
 
+@_rule("LSTM")
+def _lstm_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
+    """Y, Y_h = o⊙tanh(c) ∈ [−1, 1]; Y_c: |c_t| ≤ |f||c_{t−1}| + |i||g| ≤ max|c_0| + t (lipcheck.rules.recurrent),
+    whatever the input; each widened by the rounding margin (T additions for the cell state)."""
+    x_shape = ctx.graph.shapes.get(node.inputs[0])
+    if x_shape is None or len(x_shape) != 3 or not all(isinstance(d, int) for d in x_shape):
+        raise _NoRule("LSTM: the input's shape is unknown")
+    steps = int(x_shape[1] if int(node.attr("layout", 0)) == 1 else x_shape[0])
+    c0 = node.inputs[6] if len(node.inputs) > 6 else ""
+    c0_max = 0.0
+    if c0:
+        iv = ctx.iv(c0)
+        c0_max = float(max(np.max(np.abs(iv.lo)), np.max(np.abs(iv.hi)))) if iv.lo.size else 0.0
+    out: list[Interval | None] = []
+    for k, name in enumerate(node.outputs):
+        shape = ctx.graph.shapes.get(name) if name else None
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            out.append(None)
+            continue
+        m = 1.0 if k < 2 else c0_max + steps
+        rel = ctx.prec.delta if k < 2 else 2.0 * ctx.prec.gamma(2 * steps + 4) + ctx.prec.delta
+        out.append(_widen(np.full(shape, -m), np.full(shape, m), ctx.prec, rel))
+    return out
+
+
 @_rule("Clip")
 def _clip_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
     """min(max(x, a), b): non-decreasing in x, a and b (ONNX: b wins when a > b)."""

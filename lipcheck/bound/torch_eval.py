@@ -602,6 +602,55 @@ def concat(node: Node, x: list[Tensor | None], ctx: EvalContext) -> Tensor:
     return torch.cat(ts, dim=_axis(int(node.attr("axis")), ts[0].dim()))
 
 
+def _clip(z: Tensor, clip: Any) -> Tensor:
+    """The LSTM's cell clip: applied to every gate activation's input (peephole terms included)."""
+    return z if clip is None else torch.clamp(z, -float(clip), float(clip))
+
+
+def lstm(node: Node, x: list[Tensor | None], ctx: EvalContext) -> OpOutput:
+    """ONNX LSTM (gates i, o, f, c; B = [Wb, Rb]; peepholes P = [i, o, f]; forward / reverse / bidirectional;
+    layout 0 or 1; default activations only, see _limit_lstm): (Y, Y_h, Y_c). sequence_lens is not applied
+    (_limit_lstm refuses a value shorter than the sequence)."""
+    X, W, R = _req(x, 0), _req(x, 1), _req(x, 2)
+    Bias, h0, c0, P = _opt(x, 3), _opt(x, 5), _opt(x, 6), _opt(x, 7)
+    layout = int(node.attr("layout", 0))
+    if layout == 1:  # [batch, seq, input] -> [seq, batch, input]
+        X = X.transpose(0, 1)
+        h0 = h0.transpose(0, 1) if h0 is not None else None
+        c0 = c0.transpose(0, 1) if c0 is not None else None
+    steps, batch = X.shape[0], X.shape[1]
+    dirs, hidden = W.shape[0], R.shape[2]
+    clip = node.attr("clip")
+    direction = node.attr("direction", "forward")
+    direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+    ys, hs, cs = [], [], []
+    for d in range(dirs):
+        reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
+        b = Bias[d, :4 * hidden] + Bias[d, 4 * hidden:] if Bias is not None else 0.0
+        p = P[d] if P is not None else None
+        h = h0[d] if h0 is not None else X.new_zeros((batch, hidden))
+        c = c0[d] if c0 is not None else X.new_zeros((batch, hidden))
+        out: list[Tensor] = [X.new_zeros(0)] * steps
+        for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+            z = X[t] @ W[d].T + h @ R[d].T + b
+            zi, zo, zf, zc = torch.split(z, hidden, dim=-1)
+            if p is not None:
+                zi, zf = zi + p[:hidden] * c, zf + p[2 * hidden:] * c
+            i, f, g = torch.sigmoid(_clip(zi, clip)), torch.sigmoid(_clip(zf, clip)), torch.tanh(_clip(zc, clip))
+            c = f * c + i * g
+            if p is not None:
+                zo = zo + p[hidden:2 * hidden] * c
+            h = torch.sigmoid(_clip(zo, clip)) * torch.tanh(c)
+            out[t] = h
+        ys.append(torch.stack(out))  # [seq, batch, hidden]
+        hs.append(h)
+        cs.append(c)
+    y, y_h, y_c = torch.stack(ys, dim=1), torch.stack(hs), torch.stack(cs)  # [seq, dirs, batch, hidden], [dirs, ...]
+    if layout == 1:
+        y, y_h, y_c = y.permute(2, 0, 1, 3), y_h.transpose(0, 1), y_c.transpose(0, 1)
+    return (y, y_h, y_c)[:len(node.outputs)]
+
+
 def split(node: Node, x: list[Tensor | None], ctx: EvalContext) -> OpOutput:
     X = _req(x, 0)
     axis = _axis(int(node.attr("axis", 0)), X.dim())
@@ -891,7 +940,7 @@ _REDUCE_FNS: dict[str, Callable[[Tensor, tuple[int, ...], bool], Tensor]] = {
 
 OPS: dict[str, OpFn] = {
     # linear layers and normalizations
-    "Conv": conv, "ConvTranspose": conv_transpose, "Gemm": gemm, "MatMul": matmul, "Einsum": einsum,
+    "Conv": conv, "ConvTranspose": conv_transpose, "Gemm": gemm, "MatMul": matmul, "Einsum": einsum, "LSTM": lstm,
     "BatchNormalization": batch_normalization, "InstanceNormalization": instance_normalization,
     "LayerNormalization": layer_normalization, "GroupNormalization": group_normalization,
     "RMSNormalization": rms_normalization, "LpNormalization": lp_normalization,
@@ -994,7 +1043,28 @@ def _limit_batch_norm(node: Node, graph: Graph) -> str | None:
     return None
 
 
+def _limit_lstm(node: Node, graph: Graph) -> str | None:
+    acts = node.attr("activations")
+    if acts is not None:
+        names = [str(a.decode() if isinstance(a, bytes) else a).lower() for a in acts]
+        if any(names[k:k + 3] != ["sigmoid", "tanh", "tanh"] for k in range(0, len(names), 3)):
+            return f"LSTM activations {names} are not supported (only Sigmoid, Tanh, Tanh)"
+    if int(node.attr("input_forget", 0)):
+        return "LSTM input_forget=1 is not supported"
+    lens = node.inputs[4] if len(node.inputs) > 4 else ""
+    if lens:
+        value = graph.constants.get(lens)
+        x_shape = graph.shapes.get(node.inputs[0])
+        if value is None or x_shape is None:
+            return "LSTM sequence_lens that is not a constant is not supported"
+        steps = x_shape[1] if int(node.attr("layout", 0)) == 1 else x_shape[0]
+        if not np.all(np.asarray(value) == steps):
+            return "LSTM sequence_lens shorter than the sequence is not supported"
+    return None
+
+
 LIMITS: dict[str, Callable[[Node, Graph], str | None]] = {
+    "LSTM": _limit_lstm,
     "Conv": _limit_spatial(3), "ConvTranspose": _limit_spatial(3), "AveragePool": _limit_spatial(3),
     "MaxPool": _limit_max_pool, "Resize": _limit_resize, "Upsample": _limit_resize,
     "Pad": _limit_nodes_attr("mode", ("constant", "reflect", "edge", "wrap"), "constant"),

@@ -118,7 +118,7 @@ def _load_families() -> None:
         return
     _loaded = True
     # The one list of rule families; every supported op is registered by one of these modules.
-    from lipcheck.rules import activations, linear, normalization, pooling, structural  # noqa: F401
+    from lipcheck.rules import activations, linear, normalization, pooling, recurrent, structural  # noqa: F401
 
 
 def single_input(node: Node, ctx: RuleContext, gain: float, rule: str, *, loose: bool = False) -> OpBound:
