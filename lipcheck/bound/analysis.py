@@ -12,7 +12,7 @@ from lipcheck import budget
 from lipcheck.bound.walker import walk
 from lipcheck.budget import ResourceLimits
 from lipcheck.errors import UnsupportedModelError
-from lipcheck.ir.canonicalize import fold_batchnorm
+from lipcheck.ir.canonicalize import fold_batchnorm, fold_magnitudes
 from lipcheck.ir.graph import Graph
 from lipcheck.loaders import TorchOptions, load_model
 from lipcheck.progress import NullProgress, Progress
@@ -93,8 +93,8 @@ def analyze(
         from lipcheck.bound.local import pinned_inputs
 
         pins = pinned_inputs(domain)
-    graph = fold_batchnorm(load_model(model, input_shape=input_shape, torch_options=torch_options,
-                                      pins=pins or None))
+    graph = fold_magnitudes(fold_batchnorm(load_model(model, input_shape=input_shape, torch_options=torch_options,
+                                                      pins=pins or None)))
     pinned = [name for name in pins if name not in {i.name for i in graph.inputs}]
     floats = graph.float_inputs
     if not floats:

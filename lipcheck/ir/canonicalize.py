@@ -119,3 +119,100 @@ def _fuse(
     node = Node(name=p.name, op_type=p.op_type, inputs=inputs, outputs=bn.outputs, attrs=attrs,
                 domain=p.domain, fused_with=p.fused_with + (bn.name,))
     return node, {inputs[1]: w2, inputs[2]: np.asarray(b2, dtype=np.float64).reshape(-1)}
+
+
+def fold_magnitudes(graph: Graph) -> Graph:
+    """Sqrt(x_1² + … + x_k²) (each square a Pow(x, 2) or Mul(x, x), summed by Add / Sum, none of the intermediate
+    tensors read elsewhere or a model output, all x_i of the output's shape) rewritten as
+    ReduceL2(Concat(Reshape(x_1, [1, …]), …), axis 0): the same values (an STFT magnitude √(re² + im²), an RMS),
+    and a form whose constant is known. √(Σ x_i²) is element-wise the Euclidean norm of (x_1, …, x_k), so
+    ‖δ out‖² ≤ Σ_i ‖δx_i‖² (triangle inequality), whereas √ alone has no global constant at 0 and the squares none
+    anywhere. k = 1 (√(x²) = |x|) is rewritten too."""
+    producers = {o: n for n in graph.nodes for o in n.outputs}
+    uses: dict[str, int] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            uses[i] = uses.get(i, 0) + 1
+    outputs = {o.name for o in graph.outputs}
+
+    def private(name: str) -> bool:
+        return uses.get(name, 0) == 1 and name not in outputs and name not in graph.constants
+
+    def squared(name: str) -> tuple[str, str] | None:
+        """(x, the square's node name) when ``name`` is x² by Pow(x, 2) or Mul(x, x)."""
+        p = producers.get(name)
+        if p is None or not private(name) or p.domain not in ("", "ai.onnx"):
+            return None
+        if p.op_type == "Mul" and len(p.inputs) == 2 and p.inputs[0] == p.inputs[1]:
+            return p.inputs[0], p.name
+        if p.op_type == "Pow" and len(p.inputs) == 2:
+            e = graph.constants.get(p.inputs[1])
+            if e is not None and np.asarray(e).size == 1 and float(np.asarray(e).reshape(-1)[0]) == 2.0:
+                return p.inputs[0], p.name
+        return None
+
+    constants = dict(graph.constants)
+    shapes = dict(graph.shapes)
+    dtypes = dict(graph.dtypes)
+    replace: dict[str, list[Node]] = {}
+    drop: set[str] = set()
+    for sq in graph.nodes:
+        if sq.op_type != "Sqrt" or sq.domain not in ("", "ai.onnx") or len(sq.outputs) != 1:
+            continue
+        out = sq.outputs[0]
+        shape = graph.shapes.get(out)
+        s = sq.inputs[0]
+        p = producers.get(s)
+        if shape is None or p is None or not private(s):
+            continue
+        if p.op_type in ("Add", "Sum") and p.domain in ("", "ai.onnx"):
+            terms = [squared(t) for t in p.inputs]
+            absorbed = [p.name]
+        else:
+            terms = [squared(s)]
+            absorbed = []
+        if not terms or any(t is None for t in terms) or any(n in replace or n in drop for n in absorbed):
+            continue
+        xs = [t[0] for t in terms]  # type: ignore[index]
+        if any(graph.shapes.get(x) != shape or x in graph.constants for x in xs):
+            continue
+        new: list[Node] = []
+        if len(xs) == 1:
+            new.append(Node(f"{sq.name}/abs", "Abs", (xs[0],), (out,), fused_with=(*absorbed, *[t[1] for t in terms])))
+        else:
+            target = f"{sq.name}/lipcheck_magnitude_shape"
+            constants[target] = np.asarray((1, *shape), dtype=np.int64)
+            shapes[target] = (len(shape) + 1,)
+            dtypes[target] = "int64"
+            parts = []
+            for k, x in enumerate(xs):
+                part = f"{sq.name}/lipcheck_magnitude_{k}"
+                new.append(Node(f"{part}/reshape", "Reshape", (x, target), (part,)))
+                shapes[part], dtypes[part] = (1, *shape), dtypes.get(x, "float32")
+                parts.append(part)
+            stacked = f"{sq.name}/lipcheck_magnitude_stack"
+            new.append(Node(f"{stacked}/concat", "Concat", tuple(parts), (stacked,), {"axis": 0}))
+            shapes[stacked], dtypes[stacked] = (len(xs), *shape), dtypes.get(xs[0], "float32")
+            reduce_inputs: tuple[str, ...] = (stacked,)
+            attrs: dict[str, object] = {"keepdims": 0}
+            if graph.opset >= 18:
+                axes = f"{sq.name}/lipcheck_magnitude_axes"
+                constants[axes], shapes[axes], dtypes[axes] = np.asarray([0], dtype=np.int64), (1,), "int64"
+                reduce_inputs = (stacked, axes)
+            else:
+                attrs["axes"] = [0]
+            new.append(Node(sq.name, "ReduceL2", reduce_inputs, (out,), attrs,
+                            fused_with=(*absorbed, *[t[1] for t in terms])))  # type: ignore[index]
+        replace[sq.name] = new
+        drop.update(absorbed)
+        drop.update(t[1] for t in terms)  # type: ignore[index]
+    if not replace:
+        return graph
+    nodes: list[Node] = []
+    for n in graph.nodes:
+        if n.name in drop:
+            continue
+        nodes.extend(replace.get(n.name, [n]))
+    used = {i for n in nodes for i in n.inputs} | outputs
+    constants = {k: v for k, v in constants.items() if k in used}
+    return dataclasses.replace(graph, nodes=tuple(nodes), constants=constants, shapes=shapes, dtypes=dtypes)
