@@ -52,7 +52,7 @@ def test_speech_model_with_a_pinned_sample_rate_gets_a_finite_local_bound() -> N
         path = model_path(SILERO, "silero_vad/data/silero_vad_op18_ifless.onnx")
     except (Unavailable, OSError) as exc:
         pytest.skip(f"silero-vad not available: {exc}")
-    report = lipcheck.analyze(path, input_shape=SHAPES, lower_bound_seconds=2.0, exact_limit=0,
+    report = lipcheck.analyze(path, input_shape=SHAPES, lower_bound=False, exact_limit=0,
                               domain="input=-1,1;state=-1,1;sr=16000,16000")
     assert not any(u.op == "If" for u in report.unbounded)  # folded: the branch is analysed
     local = report.local

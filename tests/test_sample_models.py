@@ -84,6 +84,7 @@ def test_generator_is_deterministic(name: str, regenerated: tuple[Path, Path]) -
     assert _sha256(first / f"{name}.onnx") == _sha256(second / f"{name}.onnx")
 
 
+@pytest.mark.slow  # regenerating the ten models twice: 10 s
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_file_matches_generator(name: str, regenerated: tuple[Path, Path]) -> None:
     committed = onnx.load(str(_committed(name)), load_external_data=False)

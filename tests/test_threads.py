@@ -98,6 +98,7 @@ def test_limit_keeps_what_the_user_set() -> None:
     assert result["torch"] == 1 and result["interop"] == 1  # lipcheck's own pool follows the chosen count
 
 
+@pytest.mark.slow  # three CLI subprocesses
 def test_cli_threads_option() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "lipcheck", "analyze", "sample_models/mlp.onnx", "--threads", "1", "--no-lower-bound",

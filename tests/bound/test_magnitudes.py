@@ -36,7 +36,7 @@ def magnitude_model(kind: str, opset: int = 17):  # type: ignore[no-untyped-def]
     return model
 
 
-@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("opset", [pytest.param(13, marks=pytest.mark.slow), 18])
 def test_magnitude_gets_a_global_bound_above_onnxruntime_ratios(opset: int) -> None:
     model = magnitude_model("pow_mul", opset)
     graph = fold_magnitudes(load_onnx(model))

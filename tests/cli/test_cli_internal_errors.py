@@ -245,7 +245,8 @@ def _small_files() -> None:
 
 @pytest.mark.parametrize(("args", "target"), [
     (["check", MLP, "--output", "{dir}/report.json", "--format", "json"], "report.json"),
-    (["check", MLP, "--baseline", "{dir}/baseline.json", "--update-baseline"], "baseline.json"),
+    pytest.param(["check", MLP, "--baseline", "{dir}/baseline.json", "--update-baseline"], "baseline.json",
+                 marks=pytest.mark.slow),
     (["normalize", MLP, "--out", "{dir}/normalized.onnx"], "normalized.onnx"),
 ])
 def test_a_full_disk_is_one_line_naming_the_file(args: list[str], target: str, tmp_path: Path) -> None:

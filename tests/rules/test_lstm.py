@@ -103,7 +103,7 @@ def worst_jacobian(fn, n: int, seed: int = 0, scale: float = 3.0) -> float:  # t
     return best
 
 
-CASES = [dict(), dict(c0="const"), pytest.param(dict(directions=2), marks=pytest.mark.slow), dict(peephole=True),
+CASES = [dict(), dict(c0="const"), pytest.param(dict(directions=2), marks=pytest.mark.slow), pytest.param(dict(peephole=True), marks=pytest.mark.slow),
          pytest.param(dict(scale=2.0, seed=3), marks=pytest.mark.slow)]
 
 
