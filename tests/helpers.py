@@ -51,3 +51,21 @@ def untimed(report: dict[str, Any]) -> dict[str, Any]:
     for model in report.get("models", []):
         untimed(model)
     return report
+
+
+def jacobian_ascent(fn: Any, v0: np.ndarray, steps: int, lr: float) -> float:
+    """The largest ‖J(v)‖₂ of ``fn`` (a float64 torch function of a vector) seen along Adam ascent on ‖J‖ from v0:
+    a lower reference for a Lipschitz constant (every value is a real Jacobian norm)."""
+    import torch
+
+    v = torch.tensor(v0, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([v], lr=lr)
+    best = 0.0
+    for _ in range(steps):
+        jac = torch.autograd.functional.jacobian(fn, v, create_graph=True)
+        norm = torch.linalg.matrix_norm(jac, 2)
+        best = max(best, float(norm.detach()))
+        opt.zero_grad()
+        (-norm).backward()
+        opt.step()
+    return best

@@ -16,13 +16,18 @@ from lipcheck.ir.graph import Graph, Node
 _FOLDABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def fold_batchnorm(graph: Graph) -> Graph:
+def _wiring(graph: Graph) -> tuple[dict[str, Node], dict[str, int], set[str]]:
+    """(tensor -> the node writing it, tensor -> how many node inputs read it, the model's output names)."""
     producers = {o: n for n in graph.nodes for o in n.outputs}
     uses: dict[str, int] = {}
     for n in graph.nodes:
         for i in n.inputs:
             uses[i] = uses.get(i, 0) + 1
-    outputs = {o.name for o in graph.outputs}
+    return producers, uses, {o.name for o in graph.outputs}
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    producers, uses, outputs = _wiring(graph)
     constants = dict(graph.constants)
     shapes = dict(graph.shapes)
     dtypes = dict(graph.dtypes)
@@ -128,12 +133,7 @@ def fold_magnitudes(graph: Graph) -> Graph:
     and a form whose constant is known. √(Σ x_i²) is element-wise the Euclidean norm of (x_1, …, x_k), so
     ‖δ out‖² ≤ Σ_i ‖δx_i‖² (triangle inequality), whereas √ alone has no global constant at 0 and the squares none
     anywhere. k = 1 (√(x²) = |x|) is rewritten too."""
-    producers = {o: n for n in graph.nodes for o in n.outputs}
-    uses: dict[str, int] = {}
-    for n in graph.nodes:
-        for i in n.inputs:
-            uses[i] = uses.get(i, 0) + 1
-    outputs = {o.name for o in graph.outputs}
+    producers, uses, outputs = _wiring(graph)
 
     def private(name: str) -> bool:
         return uses.get(name, 0) == 1 and name not in outputs and name not in graph.constants

@@ -15,6 +15,7 @@ import lipcheck
 from lipcheck.bound.ranges import propagate
 from lipcheck.loaders.onnx_loader import load_onnx
 from lipcheck.rules.normalization import lrn_constant, lrn_window_counts
+from tests.helpers import jacobian_ascent
 
 
 def lrn_torch(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float) -> torch.Tensor:
@@ -70,20 +71,10 @@ def worst_jacobian(size: int, channels: int, alpha: float, beta: float, bias: fl
         else:
             x = np.full(channels, s) * rng.choice([-1.0, 1.0], channels)
         best = max(best, jacobian_norm(x, size, alpha, beta, bias))
-    v = torch.tensor(rng.standard_normal(channels) * scale, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([v], lr=0.05 * scale)
-
     def f(u: torch.Tensor) -> torch.Tensor:
         return lrn_torch(u.reshape(1, -1), size, alpha, beta, bias).reshape(-1)
 
-    for _ in range(150):
-        jac = torch.autograd.functional.jacobian(f, v, create_graph=True)
-        norm = torch.linalg.matrix_norm(jac, 2)
-        best = max(best, float(norm.detach()))
-        opt.zero_grad()
-        (-norm).backward()
-        opt.step()
-    return best
+    return max(best, jacobian_ascent(f, rng.standard_normal(channels) * scale, 150, 0.05 * scale))
 
 
 def test_formula_matches_onnxruntime() -> None:

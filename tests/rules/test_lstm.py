@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import lipcheck
 from lipcheck.bound.ranges import propagate
 from lipcheck.loaders.onnx_loader import load_onnx
+from tests.helpers import jacobian_ascent
 
 T, B, I, H = 3, 1, 4, 5
 
@@ -91,16 +92,7 @@ def worst_jacobian(fn, n: int, seed: int = 0, scale: float = 3.0) -> float:  # t
     for _ in range(60):
         v = torch.tensor(rng.standard_normal(n) * scale * rng.uniform(0.1, 1.0), dtype=torch.float64)
         best = max(best, float(torch.linalg.matrix_norm(torch.autograd.functional.jacobian(fn, v), 2)))
-    v = torch.tensor(rng.standard_normal(n), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([v], lr=0.05)
-    for _ in range(80):
-        jac = torch.autograd.functional.jacobian(fn, v, create_graph=True)
-        norm = torch.linalg.matrix_norm(jac, 2)
-        best = max(best, float(norm.detach()))
-        opt.zero_grad()
-        (-norm).backward()
-        opt.step()
-    return best
+    return max(best, jacobian_ascent(fn, rng.standard_normal(n), 80, 0.05))
 
 
 CASES = [dict(), dict(c0="const"), pytest.param(dict(directions=2), marks=pytest.mark.slow), pytest.param(dict(peephole=True), marks=pytest.mark.slow),
