@@ -299,6 +299,23 @@ def _lstm(node: Node, graph: Graph, ranges: _Ranges) -> OpBound | None:
     return OpBound(gains=bound.gains, rule=bound.rule + " (local)", combine=bound.combine)
 
 
+@_local("GRU")
+def _gru(node: Node, graph: Graph, ranges: _Ranges) -> OpBound | None:
+    """The GRU rule of :mod:`lipcheck.rules.recurrent` with max|h_0| over the initial hidden state's range."""
+    from lipcheck.rules.recurrent import gru_bound
+    from lipcheck.rules.registry import RuleContext
+
+    h0 = node.inputs[5] if len(node.inputs) > 5 else ""
+    if not h0 or graph.is_const(h0):
+        return None
+    r = ranges.get(h0)
+    if r is None:
+        raise NoGlobalConstant(f"GRU initial hidden state {h0!r} has no finite range on the region")
+    h0_max = float(max(np.max(np.abs(r[0])), np.max(np.abs(r[1])))) if r[0].size else 0.0
+    bound = gru_bound(node, RuleContext(graph), h0_max)
+    return OpBound(gains=bound.gains, rule=bound.rule + " (local)", combine=bound.combine)
+
+
 @_local("LayerNormalization")
 def _layer_norm(node: Node, graph: Graph, ranges: _Ranges) -> OpBound | None:
     """y = γ(x − μ)/√(var + eps) + β over the last axes: J = (γ/σ)(I − 11ᵀ/n − ŷŷᵀ/n) with ŷ ⊥ 1, ‖ŷ‖² ≤ n, so

@@ -818,6 +818,32 @@ def _lstm_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
     return out
 
 
+@_rule("GRU", "RNN")
+def _gru_rnn_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
+    """GRU: h_t = (1 − z)⊙h̃ + z⊙h_{t−1} with |h̃| < 1 stays within max(1, max|h_0|); RNN: its activation's range
+    (tanh (−1, 1), sigmoid (0, 1); Relu has none). Both outputs (Y, Y_h), widened by the rounding margin."""
+    if node.op_type == "RNN":
+        acts = node.attr("activations")
+        names = {str(a.decode() if isinstance(a, bytes) else a).lower() for a in acts} if acts else {"tanh"}
+        if not names <= {"tanh", "sigmoid"}:
+            raise _NoRule(f"RNN activations {sorted(names)}: no bounded range")
+        m = 1.0
+    else:
+        h0 = node.inputs[5] if len(node.inputs) > 5 else ""
+        m = 1.0
+        if h0:
+            iv = ctx.iv(h0)
+            m = max(1.0, float(max(np.max(np.abs(iv.lo)), np.max(np.abs(iv.hi)))) if iv.lo.size else 1.0)
+    out: list[Interval | None] = []
+    for name in node.outputs:
+        shape = ctx.graph.shapes.get(name) if name else None
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            out.append(None)
+            continue
+        out.append(_widen(np.full(shape, -m), np.full(shape, m), ctx.prec, 4.0 * ctx.prec.delta))
+    return out
+
+
 @_rule("Clip")
 def _clip_rule(node: Node, ctx: _Ctx) -> list[Interval | None]:
     """min(max(x, a), b): non-decreasing in x, a and b (ONNX: b wins when a > b)."""

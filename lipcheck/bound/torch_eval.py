@@ -651,6 +651,77 @@ def lstm(node: Node, x: list[Tensor | None], ctx: EvalContext) -> OpOutput:
     return (y, y_h, y_c)[:len(node.outputs)]
 
 
+def _seq_first(node: Node, X: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    if int(node.attr("layout", 0)) == 1:
+        return X.transpose(0, 1), (h0.transpose(0, 1) if h0 is not None else None)
+    return X, h0
+
+
+def _seq_outputs(node: Node, ys: list[Tensor], hs: list[Tensor]) -> OpOutput:
+    y, y_h = torch.stack(ys, dim=1), torch.stack(hs)  # [seq, dirs, batch, hidden], [dirs, batch, hidden]
+    if int(node.attr("layout", 0)) == 1:
+        y, y_h = y.permute(2, 0, 1, 3), y_h.transpose(0, 1)
+    return (y, y_h)[:len(node.outputs)]
+
+
+def _reversed(node: Node, d: int) -> bool:
+    direction = node.attr("direction", "forward")
+    direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+    return direction == "reverse" or (direction == "bidirectional" and d == 1)
+
+
+def gru(node: Node, x: list[Tensor | None], ctx: EvalContext) -> OpOutput:
+    """ONNX GRU (gates z, r, h; B = [Wb, Rb]; linear_before_reset 0 / 1; default Sigmoid, Tanh; clip)."""
+    X, h0 = _seq_first(node, _req(x, 0), _opt(x, 5))
+    W, R, Bias = _req(x, 1), _req(x, 2), _opt(x, 3)
+    steps, batch, hidden = X.shape[0], X.shape[1], R.shape[2]
+    clip, lbr = node.attr("clip"), int(node.attr("linear_before_reset", 0))
+    ys, hs = [], []
+    for d in range(W.shape[0]):
+        wb = Bias[d, :3 * hidden] if Bias is not None else X.new_zeros(3 * hidden)
+        rb = Bias[d, 3 * hidden:] if Bias is not None else X.new_zeros(3 * hidden)
+        h = h0[d] if h0 is not None else X.new_zeros((batch, hidden))
+        out: list[Tensor] = [X.new_zeros(0)] * steps
+        for t in (range(steps - 1, -1, -1) if _reversed(node, d) else range(steps)):
+            wx = X[t] @ W[d].T + wb
+            rz, rr, rh = torch.split(R[d], hidden, dim=0)
+            z = torch.sigmoid(_clip(wx[:, :hidden] + h @ rz.T + rb[:hidden], clip))
+            r = torch.sigmoid(_clip(wx[:, hidden:2 * hidden] + h @ rr.T + rb[hidden:2 * hidden], clip))
+            if lbr:
+                pre = wx[:, 2 * hidden:] + r * (h @ rh.T + rb[2 * hidden:])
+            else:
+                pre = wx[:, 2 * hidden:] + (r * h) @ rh.T + rb[2 * hidden:]
+            h = (1 - z) * torch.tanh(_clip(pre, clip)) + z * h
+            out[t] = h
+        ys.append(torch.stack(out))
+        hs.append(h)
+    return _seq_outputs(node, ys, hs)
+
+
+_RNN_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
+
+
+def rnn(node: Node, x: list[Tensor | None], ctx: EvalContext) -> OpOutput:
+    """ONNX RNN (Tanh / Relu / Sigmoid per direction; B = [Wb, Rb]; clip)."""
+    X, h0 = _seq_first(node, _req(x, 0), _opt(x, 5))
+    W, R, Bias = _req(x, 1), _req(x, 2), _opt(x, 3)
+    steps, batch, hidden = X.shape[0], X.shape[1], R.shape[2]
+    acts = node.attr("activations") or ["Tanh"]
+    ys, hs = [], []
+    for d in range(W.shape[0]):
+        name = acts[d] if d < len(acts) else acts[0]
+        f = _RNN_ACTIVATIONS[(name.decode() if isinstance(name, bytes) else str(name)).lower()]
+        b = Bias[d, :hidden] + Bias[d, hidden:] if Bias is not None else 0.0
+        h = h0[d] if h0 is not None else X.new_zeros((batch, hidden))
+        out: list[Tensor] = [X.new_zeros(0)] * steps
+        for t in (range(steps - 1, -1, -1) if _reversed(node, d) else range(steps)):
+            h = f(_clip(X[t] @ W[d].T + h @ R[d].T + b, node.attr("clip")))
+            out[t] = h
+        ys.append(torch.stack(out))
+        hs.append(h)
+    return _seq_outputs(node, ys, hs)
+
+
 def split(node: Node, x: list[Tensor | None], ctx: EvalContext) -> OpOutput:
     X = _req(x, 0)
     axis = _axis(int(node.attr("axis", 0)), X.dim())
@@ -941,6 +1012,7 @@ _REDUCE_FNS: dict[str, Callable[[Tensor, tuple[int, ...], bool], Tensor]] = {
 OPS: dict[str, OpFn] = {
     # linear layers and normalizations
     "Conv": conv, "ConvTranspose": conv_transpose, "Gemm": gemm, "MatMul": matmul, "Einsum": einsum, "LSTM": lstm,
+    "GRU": gru, "RNN": rnn,
     "BatchNormalization": batch_normalization, "InstanceNormalization": instance_normalization,
     "LayerNormalization": layer_normalization, "GroupNormalization": group_normalization,
     "RMSNormalization": rms_normalization, "LpNormalization": lp_normalization,
@@ -1063,8 +1135,22 @@ def _limit_lstm(node: Node, graph: Graph) -> str | None:
     return None
 
 
+def _limit_gru_rnn(node: Node, graph: Graph) -> str | None:
+    acts = node.attr("activations")
+    if acts is not None:
+        names = [str(a.decode() if isinstance(a, bytes) else a).lower() for a in acts]
+        allowed = ("sigmoid", "tanh") if node.op_type == "GRU" else tuple(_RNN_ACTIVATIONS)
+        if (node.op_type == "GRU" and any(names[k:k + 2] != ["sigmoid", "tanh"] for k in range(0, len(names), 2))) \
+                or any(n not in allowed for n in names):
+            return f"{node.op_type} activations {names} are not supported"
+    lens = node.inputs[4] if len(node.inputs) > 4 else ""
+    if lens:
+        return f"{node.op_type} sequence_lens is not supported"
+    return None
+
+
 LIMITS: dict[str, Callable[[Node, Graph], str | None]] = {
-    "LSTM": _limit_lstm,
+    "LSTM": _limit_lstm, "GRU": _limit_gru_rnn, "RNN": _limit_gru_rnn,
     "Conv": _limit_spatial(3), "ConvTranspose": _limit_spatial(3), "AveragePool": _limit_spatial(3),
     "MaxPool": _limit_max_pool, "Resize": _limit_resize, "Upsample": _limit_resize,
     "Pad": _limit_nodes_attr("mode", ("constant", "reflect", "edge", "wrap"), "constant"),

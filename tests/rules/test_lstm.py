@@ -180,3 +180,126 @@ def test_non_default_activations_and_unknown_lengths_are_unbounded_with_the_reas
     report = lipcheck.analyze(model, lower_bound=False, method="product")
     [u] = [u for u in report.unbounded if u.node == "lstm"]
     assert "activations" in u.reason
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GRU and RNN
+
+
+def gru_model(*, lbr: int = 0, h0: str = "none", seed: int = 0, directions: int = 1):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    inits = {"W": rng.standard_normal((directions, 3 * H, I)).astype(np.float32),
+             "R": (rng.standard_normal((directions, 3 * H, H)) / np.sqrt(H)).astype(np.float32),
+             "B": (rng.standard_normal((directions, 6 * H)) * 0.3).astype(np.float32)}
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])]
+    names = ["X", "W", "R", "B"]
+    if h0 == "const":
+        inits["h0"] = (rng.standard_normal((directions, B, H)) * 2).astype(np.float32)
+        names += ["", "h0"]
+    elif h0 == "input":
+        inputs.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [directions, B, H]))
+        names += ["", "h0"]
+    nodes = [helper.make_node("GRU", names, ["Y", "Y_h"], hidden_size=H, linear_before_reset=lbr, name="gru",
+                              direction="bidirectional" if directions == 2 else "forward"),
+             helper.make_node("Flatten", ["Y"], ["out"], axis=0)]
+    graph = helper.make_graph(nodes, "gru", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model, inits
+
+
+def torch_gru(x: torch.Tensor, inits: dict[str, np.ndarray], h0: torch.Tensor | None, lbr: int,
+              directions: int = 1) -> torch.Tensor:
+    ys = []
+    for d in range(directions):
+        w, r, b = (torch.tensor(inits[k][d], dtype=torch.float64) for k in ("W", "R", "B"))
+        if h0 is not None:
+            h = h0[d, 0]
+        elif "h0" in inits:
+            h = torch.tensor(inits["h0"][d, 0], dtype=torch.float64)
+        else:
+            h = torch.zeros(H, dtype=torch.float64)
+        out = [None] * T
+        for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
+            wx = w @ x[t, 0] + b[:3 * H]
+            z = torch.sigmoid(wx[:H] + r[:H] @ h + b[3 * H:4 * H])
+            rr = torch.sigmoid(wx[H:2 * H] + r[H:2 * H] @ h + b[4 * H:5 * H])
+            if lbr:
+                hh = torch.tanh(wx[2 * H:] + rr * (r[2 * H:] @ h + b[5 * H:]))
+            else:
+                hh = torch.tanh(wx[2 * H:] + r[2 * H:] @ (rr * h) + b[5 * H:])
+            h = (1 - z) * hh + z * h
+            out[t] = h
+        ys.append(torch.stack(out))
+    return torch.stack(ys, dim=1).reshape(-1)
+
+
+@pytest.mark.parametrize("lbr,h0,directions", [(0, "none", 1), (1, "const", 1),
+                                                pytest.param(0, "const", 2, marks=pytest.mark.slow)])
+def test_gru_bound_above_exact_jacobians_and_onnxruntime(lbr: int, h0: str, directions: int) -> None:
+    model, inits = gru_model(lbr=lbr, h0=h0, directions=directions)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    ref = torch_gru(torch.tensor(x, dtype=torch.float64), inits, None, lbr, directions).numpy()
+    np.testing.assert_allclose(sess.run(None, {"X": x})[0].reshape(-1), ref, rtol=1e-4, atol=1e-5)
+    report = lipcheck.analyze(model, lower_bound=False, method="product")
+    assert report.certified and report.upper_bound is not None, report.unbounded
+    worst = worst_jacobian(lambda v: torch_gru(v.reshape(T, B, I), inits, None, lbr, directions), T * B * I)
+    assert worst <= report.upper_bound <= 200 * worst
+    for _ in range(50):
+        a = (rng.standard_normal((T, B, I)) * 2).astype(np.float32)
+        d = (rng.standard_normal((T, B, I)) * 0.05).astype(np.float32)
+        fa, fb = (np.asarray(sess.run(None, {"X": v})[0], np.float64) for v in (a, a + d))
+        assert np.linalg.norm(fa - fb) / np.linalg.norm((a + d).astype(np.float64) - a) <= report.upper_bound
+
+
+def test_gru_hidden_state_as_input_is_bounded_on_a_region_only() -> None:
+    model, inits = gru_model(h0="input")
+    report = lipcheck.analyze(model, lower_bound=False, method="product", domain="X=-2,2;h0=-3,3")
+    [u] = [u for u in report.unbounded if u.node == "gru"]
+    assert "initial hidden state" in u.reason
+    local = report.local
+    assert local is not None and local.certified and local.upper_bound is not None
+
+    def fn(v: torch.Tensor) -> torch.Tensor:
+        n = T * B * I
+        return torch_gru(v[:n].reshape(T, B, I), inits, torch.clamp(v[n:], -3, 3).reshape(1, 1, H), 0)
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        v = torch.tensor(np.concatenate([rng.uniform(-2, 2, T * B * I), rng.uniform(-3, 3, H)]))
+        assert float(torch.linalg.matrix_norm(torch.autograd.functional.jacobian(fn, v), 2)) <= local.upper_bound
+
+
+@pytest.mark.parametrize("act,slope_fn", [("Tanh", torch.tanh), ("Relu", torch.relu)])
+def test_rnn_bound_above_exact_jacobians(act: str, slope_fn) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((1, H, I)).astype(np.float32)
+    r = (rng.standard_normal((1, H, H)) / np.sqrt(H)).astype(np.float32)
+    nodes = [helper.make_node("RNN", ["X", "W", "R", "", "", "h0"], ["Y"], hidden_size=H, activations=[act],
+                              name="rnn"),
+             helper.make_node("Flatten", ["Y"], ["out"], axis=0)]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in (("X", [T, B, I]), ("h0", [1, B, H]))]
+    graph = helper.make_graph(nodes, "rnn", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    report = lipcheck.analyze(model, lower_bound=False, method="product")
+    assert report.certified and report.upper_bound is not None  # h_0 as an input: still global (a linear path)
+    w64, r64 = torch.tensor(w[0], dtype=torch.float64), torch.tensor(r[0], dtype=torch.float64)
+
+    def fn(v: torch.Tensor) -> torch.Tensor:
+        x, h = v[:T * I].reshape(T, I), v[T * I:]
+        out = []
+        for t in range(T):
+            h = slope_fn(w64 @ x[t] + r64 @ h)
+            out.append(h)
+        return torch.cat(out)
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x, h0 = rng.standard_normal((T, B, I)).astype(np.float32), rng.standard_normal((1, B, H)).astype(np.float32)
+    ref = fn(torch.tensor(np.concatenate([x.ravel(), h0.ravel()]), dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(sess.run(None, {"X": x, "h0": h0})[0].reshape(-1), ref, rtol=1e-4, atol=1e-5)
+    assert worst_jacobian(fn, T * I + H) <= report.upper_bound
