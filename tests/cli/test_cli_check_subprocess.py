@@ -62,6 +62,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # a subprocess over three configured models
 def test_configured_models_one_verdict_as_junit(project: Path) -> None:
     proc = lipcheck(project, "check", "--format", "junit", "--output", "reports/junit.xml")
     assert proc.returncode == 1, proc.stderr
@@ -107,6 +108,7 @@ def test_pass_and_fail_on_the_bound_with_clean_json(project: Path) -> None:
     assert zero.returncode == 0 and zero.stderr == ""
 
 
+@pytest.mark.slow
 def test_uncertified_model_allowed(project: Path) -> None:
     proc = lipcheck(project, "check", "models/attention.onnx", "--allow-uncertified")
     assert proc.returncode == 0, proc.stderr

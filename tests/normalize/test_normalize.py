@@ -115,7 +115,8 @@ def test_onnx_global_target_is_met_and_measured(name: str, tmp_path: Path) -> No
         assert result.sigma_after[row.name] == pytest.approx(row.sigma_after, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn_bn", "sn_discriminator", "strided_dilated_depthwise"])
+@pytest.mark.parametrize("name", ["mlp", "cnn_bn", pytest.param("sn_discriminator", marks=pytest.mark.slow),
+                                  "strided_dilated_depthwise"])
 def test_onnx_per_layer_target(name: str, tmp_path: Path) -> None:
     """Per layer: every weighted layer ends at or below the target; on these chains of ReLU / LeakyReLU /
     pooling (constants ≤ 1) the whole model then is, too."""

@@ -307,6 +307,7 @@ def _start_normalize(source: Path, out: Path) -> subprocess.Popen[str]:
     return child
 
 
+@pytest.mark.slow
 @posix_only
 def test_sigterm_mid_write_leaves_nothing_staged(tmp_path: Path) -> None:
     source = _external(tmp_path / "src")

@@ -235,7 +235,7 @@ def torch_gru(x: torch.Tensor, inits: dict[str, np.ndarray], h0: torch.Tensor | 
     return torch.stack(ys, dim=1).reshape(-1)
 
 
-@pytest.mark.parametrize("lbr,h0,directions", [(0, "none", 1), (1, "const", 1),
+@pytest.mark.parametrize("lbr,h0,directions", [(0, "none", 1), pytest.param(1, "const", 1, marks=pytest.mark.slow),
                                                 pytest.param(0, "const", 2, marks=pytest.mark.slow)])
 def test_gru_bound_above_exact_jacobians_and_onnxruntime(lbr: int, h0: str, directions: int) -> None:
     model, inits = gru_model(lbr=lbr, h0=h0, directions=directions)
