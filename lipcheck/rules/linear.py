@@ -12,6 +12,7 @@ import numpy as np
 
 from lipcheck.arrays import release_pages
 from lipcheck.ir.graph import Node
+from lipcheck.norms.margin import EPS64
 from lipcheck.report.model import NormResult
 from lipcheck.rules.activations import GELU, MISH, SILU
 from lipcheck.rules.registry import NoGlobalConstant, OpBound, RuleContext, register
@@ -304,6 +305,51 @@ def _scaling_norm(c: np.ndarray, x_shape: tuple[int, ...], out_shape: tuple[int,
 _SQRT2 = math.sqrt(2.0)
 
 
+def _scalar(ctx: RuleContext, name: str) -> float | None:
+    c = ctx.const(name) if name else None
+    if c is None or c.size != 1:
+        return None
+    value = float(np.asarray(c, dtype=np.float64).reshape(-1)[0])
+    return value if math.isfinite(value) else None
+
+
+def _scaled_clip_of(g: Node, x: str, ctx: RuleContext) -> tuple[float, float, float, float] | None:
+    """(k, lo, hi, c) when ``g`` computes k·clip(x + c, lo, hi) from ``x`` (HardSwish's x·relu6(x + 3)/6 as
+    exported: Div / Mul by a scalar constant of a Clip with constant finite bounds, lo ≤ hi, of x or of x ± c)."""
+    k = 1.0
+    node: Node | None = g
+    if g.op_type in ("Div", "Mul"):
+        var = ctx.var_inputs(g)
+        if len(var) != 1 or (g.op_type == "Div" and var[0] != 0):
+            return None
+        scale = _scalar(ctx, g.inputs[1 - var[0]])
+        if scale is None or scale == 0.0:
+            return None
+        k = 1.0 / scale if g.op_type == "Div" else scale
+        node = ctx.producer(g.inputs[var[0]])
+    if node is None or node.op_type != "Clip":
+        return None
+    lo = _scalar(ctx, node.inputs[1]) if len(node.inputs) > 1 else None
+    hi = _scalar(ctx, node.inputs[2]) if len(node.inputs) > 2 else None
+    if len(node.inputs) <= 1 and node.attr("min") is not None:
+        lo, hi = float(node.attr("min")), float(node.attr("max", np.inf))
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        return None
+    arg = node.inputs[0]
+    if arg == x:
+        return k, lo, hi, 0.0
+    shift = ctx.producer(arg)
+    if shift is None or shift.op_type not in ("Add", "Sub") or ctx.var_inputs(shift) != [0] or shift.inputs[0] != x:
+        if shift is not None and shift.op_type == "Add" and ctx.var_inputs(shift) == [1] and shift.inputs[1] == x:
+            c = _scalar(ctx, shift.inputs[0])
+            return None if c is None else (k, lo, hi, c)
+        return None
+    c = _scalar(ctx, shift.inputs[1])
+    if c is None:
+        return None
+    return k, lo, hi, (c if shift.op_type == "Add" else -c)
+
+
 def _times_function_of_self(node: Node, ctx: RuleContext) -> tuple[int, float, str] | None:
     """Recognise x·g(x) patterns that exporters emit for SiLU, Mish and erf-GELU.
 
@@ -323,6 +369,18 @@ def _times_function_of_self(node: Node, ctx: RuleContext) -> tuple[int, float, s
             continue
         if pg.op_type == "Sigmoid" and pg.inputs[0] == x:
             return xi, SILU, "SiLU x·sigmoid(x): 1.0998 (computed)"
+        if pg.op_type == "HardSigmoid" and pg.inputs[0] == x:
+            # x·clip(αx + β, 0, 1): slope 2αx + β on the linear piece, whose ends give −β and 2 − β; 0 or 1 outside
+            beta = float(pg.attr("beta", np.float32(0.5)))
+            k = max(1.0, abs(beta), abs(2.0 - beta)) * (1 + 4 * EPS64)
+            return xi, k, f"x·HardSigmoid(x) (HardSwish): max(1, |β|, |2−β|) = {k:.4g}"
+        clipped = _scaled_clip_of(pg, x, ctx)
+        if clipped is not None:
+            # x·k·clip(x + c, lo, hi): slope k(2x + c) on the linear piece (ends: k(2lo − c), k(2hi − c)), k·lo or
+            # k·hi outside; continuous and piecewise smooth, so the constant is the largest |slope|
+            k, lo, hi, c = clipped
+            value = abs(k) * max(abs(lo), abs(hi), abs(2 * lo - c), abs(2 * hi - c)) * (1 + 8 * EPS64)
+            return xi, value, f"x·{k:.4g}·clip(x + {c:g}, {lo:g}, {hi:g}) (HardSwish as exported): {value:.4g}"
         if pg.op_type == "Tanh":
             sp = ctx.producer(pg.inputs[0])
             if sp is not None and sp.op_type == "Softplus" and sp.inputs[0] == x:
