@@ -157,7 +157,9 @@ def lipsdp(chain: Chain, *, iterations: int = DEFAULT_ITERATIONS, time_limit: fl
     detail.update(info)
     candidates = [(c, ts, "optimized"), (fast_c, fast_ts, "eclipse-fast")]
     if solver:
-        solved = _solver_candidate(normalized, slopes, time_limit, (fast_c, fast_ts))
+        # the solver and the polish share what is left of the time limit (at least a second each)
+        solved = _solver_candidate(normalized, slopes, max(1.0, time_limit - (time.perf_counter() - start)),
+                                   (fast_c, fast_ts))
         if solved is not None:
             # the solver's ρ̂ is only approximately feasible: its multipliers are kept, and their own value c is
             # recomputed by the elimination (the least ρ the LMI admits with them, up to the certificate's margin)

@@ -1,4 +1,4 @@
-"""LipSDP-Neuron solved by an interior-point SDP solver (the optional ``sdp`` extra: cvxpy with Clarabel or SCS).
+"""LipSDP-Neuron solved by an SDP solver (the optional ``sdp`` extra: cvxpy with Clarabel, interior point, or SCS).
 
 The solver minimizes ρ subject to P(ρ, T) ⪰ 0 (the block-tridiagonal matrix of :mod:`lipcheck.bound.methods.lmi`,
 one non-negative multiplier per neuron) and returns an approximate point. Its ρ is NOT reported: the multipliers go
