@@ -286,33 +286,32 @@ def _lstm(node: Node, graph: Graph, ranges: _Ranges) -> OpBound | None:
     (the forget gate multiplies c_0: only its range makes the product Lipschitz). Unchanged when c_0 is not an
     input (the global rule already applies)."""
     from lipcheck.rules.recurrent import lstm_bound
-    from lipcheck.rules.registry import RuleContext
 
-    c0 = node.inputs[6] if len(node.inputs) > 6 else ""
-    if not c0 or graph.is_const(c0):
-        return None
-    r = ranges.get(c0)
-    if r is None:
-        raise NoGlobalConstant(f"LSTM initial cell state {c0!r} has no finite range on the region")
-    c0_max = float(max(np.max(np.abs(r[0])), np.max(np.abs(r[1])))) if r[0].size else 0.0
-    bound = lstm_bound(node, RuleContext(graph), c0_max)
-    return OpBound(gains=bound.gains, rule=bound.rule + " (local)", combine=bound.combine)
+    return _recurrent_local(node, graph, ranges, 6, "cell state", lstm_bound)
 
 
 @_local("GRU")
 def _gru(node: Node, graph: Graph, ranges: _Ranges) -> OpBound | None:
     """The GRU rule of :mod:`lipcheck.rules.recurrent` with max|h_0| over the initial hidden state's range."""
     from lipcheck.rules.recurrent import gru_bound
+
+    return _recurrent_local(node, graph, ranges, 5, "hidden state", gru_bound)
+
+
+def _recurrent_local(node: Node, graph: Graph, ranges: _Ranges, index: int, what: str,
+                     rule: Callable[..., OpBound]) -> OpBound | None:
+    """A recurrent op's rule with max|s_0| of the initial state at input ``index`` taken over its range (None when
+    that state is not an input: the global rule applies)."""
     from lipcheck.rules.registry import RuleContext
 
-    h0 = node.inputs[5] if len(node.inputs) > 5 else ""
-    if not h0 or graph.is_const(h0):
+    state = node.inputs[index] if len(node.inputs) > index else ""
+    if not state or graph.is_const(state):
         return None
-    r = ranges.get(h0)
+    r = ranges.get(state)
     if r is None:
-        raise NoGlobalConstant(f"GRU initial hidden state {h0!r} has no finite range on the region")
-    h0_max = float(max(np.max(np.abs(r[0])), np.max(np.abs(r[1])))) if r[0].size else 0.0
-    bound = gru_bound(node, RuleContext(graph), h0_max)
+        raise NoGlobalConstant(f"{node.op_type} initial {what} {state!r} has no finite range on the region")
+    bound = rule(node, RuleContext(graph), float(max(np.max(np.abs(r[0])), np.max(np.abs(r[1])))) if r[0].size
+                 else 0.0)
     return OpBound(gains=bound.gains, rule=bound.rule + " (local)", combine=bound.combine)
 
 

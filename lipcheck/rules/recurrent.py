@@ -42,6 +42,7 @@ h_0 is.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -106,6 +107,26 @@ def gru_constant(weights: np.ndarray, recurrence: np.ndarray, bias: np.ndarray |
         rb_h = float(np.max(np.abs(as_float64(bias, "GRU bias").reshape(-1)[5 * hidden:6 * hidden])))
     r_h = as_float64(recurrence[2 * hidden:3 * hidden], "GRU recurrence weight")
     q = big * float(np.max(np.sum(np.abs(r_h), axis=1))) + rb_h if r_h.size else rb_h
+
+    def step(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+        dz = 0.25 * (a[0] * x + b[0] * h)
+        dr = 0.25 * (a[1] * x + b[1] * h)
+        dh = a[2] * x + (b[2] * (h + big * dr) if not linear_before_reset else b[2] * h + q * dr)
+        return dh + h + (big + 1.0) * dz
+
+    return _unrolled(steps, h0_var, step, 16)
+
+
+def rnn_constant(weights: np.ndarray, recurrence: np.ndarray, steps: int, slope: float, *, h0_var: bool) -> float:
+    """The certified constant of one RNN direction: ‖δh_t‖ ≤ s(‖W‖‖δx_t‖ + ‖R‖‖δh_{t−1}‖), unrolled."""
+    a, b = _sigma(weights, "RNN weight"), _sigma(recurrence, "RNN recurrence weight")
+    return _unrolled(steps, h0_var, lambda x, h: slope * (a * x + b * h), 8)
+
+
+def _unrolled(steps: int, h0_var: bool, step: Callable[[np.ndarray, np.ndarray], np.ndarray], flops: int) -> float:
+    """σ_max of the rows M_t of ‖δh_t‖ ≤ M_t·(‖δx_1‖, …, ‖δx_T‖, ‖δh_0‖), h_t's coefficients given by ``step``
+    (x: the unit coefficient of δx_t; h: those of δh_{t−1}), raised by a rounding margin for ``flops`` operations
+    per coefficient and step (all coefficients are sums of non-negative products)."""
     n = steps + 1  # coefficients over (δx_1 … δx_T, δh_0)
     h = np.zeros(n)
     if h0_var:
@@ -114,30 +135,10 @@ def gru_constant(weights: np.ndarray, recurrence: np.ndarray, bias: np.ndarray |
     for t in range(steps):
         x = np.zeros(n)
         x[t] = 1.0
-        dz = 0.25 * (a[0] * x + b[0] * h)
-        dr = 0.25 * (a[1] * x + b[1] * h)
-        dh = a[2] * x + (b[2] * (h + big * dr) if not linear_before_reset else b[2] * h + q * dr)
-        h = dh + h + (big + 1.0) * dz
+        h = step(x, h)
         rows.append(h)
     value = float(sigma_max_svd(np.array(rows)[None])[0])
-    return value * rounding_margin(16 * steps + 8) * (1 + _SIGMA_MARGIN)
-
-
-def rnn_constant(weights: np.ndarray, recurrence: np.ndarray, steps: int, slope: float, *, h0_var: bool) -> float:
-    """The certified constant of one RNN direction: ‖δh_t‖ ≤ s(‖W‖‖δx_t‖ + ‖R‖‖δh_{t−1}‖), unrolled."""
-    a, b = _sigma(weights, "RNN weight"), _sigma(recurrence, "RNN recurrence weight")
-    n = steps + 1
-    h = np.zeros(n)
-    if h0_var:
-        h[steps] = 1.0
-    rows = []
-    for t in range(steps):
-        x = np.zeros(n)
-        x[t] = 1.0
-        h = slope * (a * x + b * h)
-        rows.append(h)
-    value = float(sigma_max_svd(np.array(rows)[None])[0])
-    return value * rounding_margin(8 * steps + 8) * (1 + _SIGMA_MARGIN)
+    return value * rounding_margin(flops * steps + 8) * (1 + _SIGMA_MARGIN)
 
 
 def _sigma(matrix: np.ndarray, what: str) -> float:

@@ -95,6 +95,15 @@ def worst_jacobian(fn, n: int, seed: int = 0, scale: float = 3.0) -> float:  # t
     return max(best, jacobian_ascent(fn, rng.standard_normal(n), 80, 0.05))
 
 
+def assert_quotients_below(sess: ort.InferenceSession, bound: float, rng: np.random.Generator) -> None:
+    """‖f(a + d) − f(a)‖ / ‖d‖ by onnxruntime at 50 random pairs (input "X") never exceeds ``bound``."""
+    for _ in range(50):
+        a = (rng.standard_normal((T, B, I)) * 2).astype(np.float32)
+        d = (rng.standard_normal((T, B, I)) * 0.05).astype(np.float32)
+        fa, fb = (np.asarray(sess.run(None, {"X": v})[0], np.float64) for v in (a, a + d))
+        assert np.linalg.norm(fa - fb) / np.linalg.norm((a + d).astype(np.float64) - a) <= bound
+
+
 CASES = [dict(), dict(c0="const"), pytest.param(dict(directions=2), marks=pytest.mark.slow), pytest.param(dict(peephole=True), marks=pytest.mark.slow),
          pytest.param(dict(scale=2.0, seed=3), marks=pytest.mark.slow)]
 
@@ -119,12 +128,7 @@ def test_global_bound_above_exact_jacobians_and_onnxruntime_ratios(case: dict) -
     worst = worst_jacobian(fn, T * B * I)
     assert worst <= bound
     assert bound <= 200 * worst  # a bound, not a blow-up (measured 22-70× on these nets: the recurrence is unrolled by triangle inequalities)
-    for _ in range(50):  # onnxruntime's own difference quotients
-        a = (rng.standard_normal((T, B, I)) * 2).astype(np.float32)
-        d = (rng.standard_normal((T, B, I)) * 0.05).astype(np.float32)
-        fa, fb = (np.asarray(sess.run(None, {"X": v})[0], np.float64) for v in (a, a + d))
-        ratio = np.linalg.norm(fa - fb) / np.linalg.norm((a + d).astype(np.float64) - a)
-        assert ratio <= bound
+    assert_quotients_below(sess, bound, rng)  # onnxruntime's own difference quotients
 
 
 def test_initial_cell_state_as_input_is_unbounded_globally_and_bounded_on_a_region() -> None:
@@ -248,11 +252,7 @@ def test_gru_bound_above_exact_jacobians_and_onnxruntime(lbr: int, h0: str, dire
     assert report.certified and report.upper_bound is not None, report.unbounded
     worst = worst_jacobian(lambda v: torch_gru(v.reshape(T, B, I), inits, None, lbr, directions), T * B * I)
     assert worst <= report.upper_bound <= 200 * worst
-    for _ in range(50):
-        a = (rng.standard_normal((T, B, I)) * 2).astype(np.float32)
-        d = (rng.standard_normal((T, B, I)) * 0.05).astype(np.float32)
-        fa, fb = (np.asarray(sess.run(None, {"X": v})[0], np.float64) for v in (a, a + d))
-        assert np.linalg.norm(fa - fb) / np.linalg.norm((a + d).astype(np.float64) - a) <= report.upper_bound
+    assert_quotients_below(sess, report.upper_bound, rng)
 
 
 def test_gru_hidden_state_as_input_is_bounded_on_a_region_only() -> None:
