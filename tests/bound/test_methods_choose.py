@@ -117,12 +117,14 @@ def test_lipsdp_on_a_graph_that_is_not_a_chain_gives_the_product_and_says_why() 
     assert any(note.startswith("lipsdp does not apply (not an MLP chain: ")
                and note.endswith("the product's; --method blocks bounds the model block by block")
                for note in report.notes)
-    # auto leaves lipsdp out on such a graph; its blocks run stays within small limits, which the sample's residual
-    # LMIs (order 4096) are over: it says so and points to --method blocks
+    # auto leaves lipsdp out on such a graph; its blocks run stays within small limits: the sample's residual LMIs
+    # (order 4096) are over them, and the two blocks are certified frequency by frequency instead (residual-fft)
     auto = lipcheck.analyze(RESNET, lower_bound=False)
-    assert [b.method for b in auto.bounds] == ["product"] and auto.notes[:-1] == report.notes[:-1]
-    assert auto.notes[-1].startswith("blocks under auto gained nothing within its limits (/b1_conv1/Conv: ")
-    assert "residual LMI of order 4096" in auto.notes[-1] and auto.notes[-1].endswith("--method blocks tries larger ones")
+    assert [b.method for b in auto.bounds] == ["product", "blocks"]
+    blocks = auto.bounds[1]
+    assert blocks.certified and blocks.value is not None and auto.upper_bound == blocks.value
+    assert blocks.value < 0.5 * product.value
+    assert [b["method"] for b in blocks.detail["blocks"]].count("residual-fft") == 2
 
 
 def test_auto_leaves_large_chains_to_an_explicit_lipsdp() -> None:

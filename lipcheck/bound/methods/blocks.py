@@ -60,6 +60,9 @@ class Limits:
     # three symmetric eigenproblems per layer), at least MIN_EVALUATIONS: a cost cap that does not depend on the clock
     evaluation_budget: float | None = None
     solver: bool = False  # an SDP solver's multipliers as one more lipsdp candidate (the ``sdp`` extra, if installed)
+    # residual-fft (:mod:`.fourier`): blocks whose check costs at most this Σ over frequencies of order³ (2 cores:
+    # about 1 s per 4e9 and a few seconds of search besides)
+    fft_max_work: float = 2e12
 
 
 @dataclass
@@ -224,6 +227,7 @@ def blocks_bound(
 ) -> MethodResult:
     """The blocks method's certified bound (module docstring); ``bounds`` is the walker's ``WalkResult.bounds``."""
     from lipcheck.bound.methods.lipsdp import Chain, lipsdp
+    from lipcheck.bound.methods.fourier import residual_fft_bound
     from lipcheck.bound.methods.residual import residual_bound
 
     limits = limits or Limits()
@@ -250,6 +254,11 @@ def blocks_bound(
                 found = residual_bound(graph, piece, limits)
                 if isinstance(found, str):
                     note = found
+                    fft = residual_fft_bound(graph, piece, limits, start + limits.total_seconds)
+                    if isinstance(fft, str):
+                        note = found if fft == found else f"{found}; {fft}"
+                    else:
+                        candidates["residual-fft"] = fft
                 else:
                     candidates["residual"] = found
             results.append(_best(piece.nodes, candidates, product, time.perf_counter() - t0, note))
