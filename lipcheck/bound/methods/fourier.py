@@ -49,8 +49,9 @@ if TYPE_CHECKING:
 METHOD = "residual-fft"
 MARGINS = (1e-6, 1e-4, 1e-2)
 CANDIDATES = 6  # frequencies the multiplier search looks at first
-ROUNDS = 4  # search → check rounds, each adding the frequencies that failed
+ROUNDS = 2  # searches: the second one after a pass over every frequency added those the first one missed
 CHUNK_ENTRIES = 2_000_000  # complex entries of P(ω) per frequency chunk (32 MB)
+CACHE_BYTES = 512 * 2**20  # symbols (and the search's per-frequency factors) kept between passes up to this size
 MAX_WORK = 2e12  # Σ over frequencies of order³: the cost of one full check (about a minute on 2 cores)
 
 
@@ -175,6 +176,7 @@ class _Block:
     grid: tuple[int, ...]  # the coarse (output) torus
     phases_x: tuple[int, ...]
     phases_h: tuple[int, ...]
+    _kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     @property
     def nx(self) -> int:
@@ -185,10 +187,29 @@ class _Block:
         return self.first.c_out * math.prod(self.phases_h)
 
     def frequencies(self) -> np.ndarray:
+        """Half of the coarse grid's frequencies (real weights: P(−ω) = conj P(ω)), as (F, d) integer rows."""
         shape = (*self.grid[:-1], self.grid[-1] // 2 + 1)
         return np.stack(np.unravel_index(np.arange(math.prod(shape)), shape), axis=1)
 
-    def operators(self, freqs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def symbol_bytes(self) -> int:
+        ny = self.second.c_out
+        return 16 * len(self.frequencies()) * (self.nu * self.nx + ny * self.nu + (0 if self.shortcut is None
+                                                                                    else ny * self.nx))
+
+    def operators(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """K̂₁, K̂₂ and Ŝ (None: the identity) at the frequencies numbered ``idx`` (rows of :meth:`frequencies`);
+        all of them are made once and kept when they fit in CACHE_BYTES."""
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        if self._kept is None and self.symbol_bytes() <= CACHE_BYTES:
+            self._kept = self._make(np.arange(len(self.frequencies())))
+        if self._kept is not None:
+            k1, k2, s = self._kept
+            i = torch.from_numpy(idx)
+            return k1[i], k2[i], None if s is None else s[i]
+        return self._make(idx)
+
+    def _make(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        freqs = self.frequencies()[idx]
         k1 = torch.from_numpy(_symbols(self.first, self.phases_x, self.grid, freqs))
         k2 = torch.from_numpy(_symbols(self.second, self.phases_h, self.grid, freqs))
         s = None if self.shortcut is None else torch.from_numpy(_symbols(self.shortcut, self.phases_x, self.grid,
@@ -344,7 +365,7 @@ def _failures(blk: _Block, rho: float, t: float, a: float, m: float) -> np.ndarr
     failed: list[np.ndarray] = []
     gamma = rounding_margin(4 * (n + 1)) - 1.0  # complex Cholesky: a few more roundings per operation
     for start in range(0, len(freqs), chunk):
-        part = freqs[start:start + chunk]
+        part = np.arange(start, min(len(freqs), start + chunk))
         k1, k2, s = blk.operators(part)
         p = torch.empty((len(part), n, n), dtype=torch.complex128)
         top = (a * t) * (k1.mH @ k1) if a != 0.0 else torch.zeros((len(part), nx, nx), dtype=torch.complex128)
@@ -378,7 +399,7 @@ def _scores(blk: _Block, freqs: np.ndarray, m: float, chunk: int) -> tuple[np.nd
     scores = np.empty(len(freqs))
     top2 = 0.0
     for start in range(0, len(freqs), chunk):
-        k1, k2, s = blk.operators(freqs[start:start + chunk])
+        k1, k2, s = blk.operators(np.arange(start, min(len(freqs), start + chunk)))
         top2 = max(top2, float(torch.linalg.eigvalsh(k2.mH @ k2)[:, -1].max()))
         v = torch.randn(k1.shape[0], k1.shape[2], 1, generator=gen, dtype=torch.float64).to(torch.complex128)
         gain = torch.zeros(k1.shape[0], dtype=torch.float64)
@@ -413,9 +434,11 @@ def certify_block(blk: _Block, deadline: float | None = None,
     done = 0
     t = math.inf
     values = np.full(len(freqs), np.inf)
-    for _ in range(ROUNDS):
+    passes: list[_Schur] = []  # the search's factors of every frequency, kept between rounds when they fit
+    keep_passes = 2 * blk.symbol_bytes() <= CACHE_BYTES
+    for round_ in range(ROUNDS):
         if done < len(chosen):
-            schurs.append(_Schur(*blk.operators(freqs[chosen[done:]]), a, m))
+            schurs.append(_Schur(*blk.operators(np.array(chosen[done:])), a, m))
             done = len(chosen)
 
         def objective(log_gap: float) -> float:
@@ -425,17 +448,26 @@ def certify_block(blk: _Block, deadline: float | None = None,
 
         found = minimize_scalar(objective, bounds=(-14.0, 10.0), method="bounded", options={"xatol": 0.05})
         t = top2 * (1.0 + math.exp(float(found.x)))
+        if round_ == ROUNDS - 1 or (deadline is not None and time.perf_counter() > deadline):
+            break
         # every frequency at this t: those above the chosen ones' maximum join the search
-        for start in range(0, len(freqs), chunk):
-            values[start:start + chunk] = _Schur(*blk.operators(freqs[start:start + chunk]), a, m).estimate(t)
+        for i, start in enumerate(range(0, len(freqs), chunk)):
+            if i >= len(passes):
+                sch = _Schur(*blk.operators(np.arange(start, min(len(freqs), start + chunk))), a, m)
+                if keep_passes:
+                    passes.append(sch)
+            else:
+                sch = passes[i]
+            values[start:start + chunk] = sch.estimate(t)
         level = float(np.max(values[chosen]))
         new = [int(f) for f in np.argsort(values)[::-1] if values[f] > level * (1.0 - 1e-3) and int(f) not in chosen]
-        if not new or (deadline is not None and time.perf_counter() > deadline):
+        if not new:
             break
         chosen.extend(new[:CANDIDATES])
-    # ρ: the dense λ_max of the frequencies whose estimates are highest (Lanczos values are from below)
-    top = np.argsort(values)[::-1][:2 * CANDIDATES]
-    rho = max(float(np.max(_Schur(*blk.operators(freqs[top]), a, m).top(t))), float(np.max(values)))
+    # ρ: the dense λ_max at t of the frequencies searched and of those whose last estimates were highest
+    top = np.unique(np.concatenate([np.array(chosen, dtype=np.int64),
+                                    np.argsort(values)[::-1][:2 * CANDIDATES]]))
+    rho = max(float(np.max(_Schur(*blk.operators(top[i:i + chunk]), a, m).top(t))) for i in range(0, len(top), chunk))
     if not (math.isfinite(rho) and rho > 0):
         return "residual-fft: the multiplier search found no finite value"
     for margin in MARGINS:
@@ -446,7 +478,7 @@ def certify_block(blk: _Block, deadline: float | None = None,
         if failed.size == 0:
             return math.nextafter(math.sqrt(rho_c), math.inf), {"t": t, "frequencies": len(freqs), "order": n}
         # a frequency whose estimate was too low: its dense value raises ρ
-        exact = np.concatenate([_Schur(*blk.operators(freqs[failed[i:i + chunk]]), a, m).top(t)
+        exact = np.concatenate([_Schur(*blk.operators(failed[i:i + chunk]), a, m).top(t)
                                 for i in range(0, len(failed), chunk)])
         rho = max(rho, float(np.max(exact)))
         if not math.isfinite(rho) or (deadline is not None and time.perf_counter() > deadline):
