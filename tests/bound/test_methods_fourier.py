@@ -224,3 +224,89 @@ def test_refusals_say_why() -> None:
     piece = next(p for p in decompose(graph) if p.kind == "other")
     reason = residual_fft_bound(graph, piece, Limits())
     assert isinstance(reason, str) and "one Conv" in reason
+
+
+# ---------------------------------------------------------------------------------------------- chains (lipsdp-fft)
+
+
+class _ConvChain(nn.Module):
+    """conv → act → conv (stride 2, BatchNorm) → act → conv (dilation 2), optionally a trailing act / head."""
+
+    def __init__(self, act: type[nn.Module] | object = nn.ReLU, end_act: bool = False, head: bool = False):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, 1, 1)
+        self.c2 = nn.Conv2d(4, 4, 3, 2, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.c3 = nn.Conv2d(4, 3, 3, 1, 2, dilation=2)
+        self.a1, self.a2, self.a3 = act(), act(), act()  # type: ignore[operator]
+        self.end_act, self.head = end_act, nn.Linear(3 * 4 * 4, 2) if head else None
+        with torch.no_grad():
+            self.bn.running_var.uniform_(0.5, 2)
+            self.bn.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c3(self.a2(self.bn(self.c2(self.a1(self.c1(x))))))
+        if self.end_act:
+            y = self.a3(y)
+        return y if self.head is None else self.head(torch.flatten(y, 1))
+
+
+@pytest.mark.parametrize("act,slopes,end_act", [(nn.ReLU, (0.0, 1.0), False),
+                                                (lambda: nn.LeakyReLU(0.2), (0.2, 1.0), True),
+                                                pytest.param(nn.Tanh, (0.0, 1.0), False, marks=pytest.mark.slow)])
+def test_chain_certificate_bounds_every_slope_pattern_of_the_real_chain(act: object, slopes: tuple,
+                                                                         end_act: bool) -> None:
+    from lipcheck.bound.methods.fourier_chain import build_chain, certify_chain
+
+    torch.manual_seed(1)
+    graph = fold_batchnorm(load(_onnx(_ConvChain(act, end_act), (1, 2, 8, 8))))
+    pieces = decompose(graph)
+    chain = build_chain(graph, pieces)
+    assert not isinstance(chain, str), chain
+    result = certify_chain(chain)
+    assert not isinstance(result, str), result
+    value = result[0]
+    linear = [p for p in pieces if p.kind == "linear"]
+    mats = [materialize(graph, p.nodes, p.entry, p.exit, 2**30).matrix for p in linear]
+    rng = np.random.default_rng(0)
+    lo, hi = slopes
+    worst = 0.0
+    for i in range(40):
+        op = mats[0]
+        for w in mats[1:]:
+            d = (np.full(op.shape[0], hi) if i == 0 else np.where(rng.random(op.shape[0]) < 0.5, lo, hi) if i % 2
+                 else rng.uniform(lo, hi, op.shape[0]))
+            op = w @ (d[:, None] * op)
+        worst = max(worst, float(np.linalg.norm(op, 2)))
+    product = math.prod(float(np.linalg.norm(w, 2)) for w in mats) * hi ** (len(mats) - 1)
+    assert worst <= value < product
+
+
+def test_chain_search_that_lies_is_not_certified(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipcheck.bound.methods import fourier_chain
+
+    torch.manual_seed(1)
+    graph = fold_batchnorm(load(_onnx(_ConvChain(), (1, 2, 8, 8))))
+    chain = fourier_chain.build_chain(graph, decompose(graph))
+    rho = fourier_chain._rho
+    monkeypatch.setattr(fourier_chain, "_rho", lambda c, ks, t: rho(c, ks, t) / 100.0)
+    result = fourier_chain.certify_chain(chain)
+    assert isinstance(result, str) and "could not be certified" in result
+
+
+def test_blocks_uses_the_chain_where_the_dense_lmi_needs_windows() -> None:
+    torch.manual_seed(2)
+    net = _ConvChain(lambda: nn.LeakyReLU(0.1), end_act=True, head=True).eval()
+    graph = fold_batchnorm(load(_onnx(net, (1, 2, 8, 8))))
+    walked = walk(graph, Settings(exact_limit=0, power_iterations=30))
+    product = walked.output_bound(graph, walked.upper)
+    result = blocks_bound(graph, walked.bounds, Limits(max_order=200, search_seconds=10.0))
+    assert result.certified and result.value is not None and result.value < product
+    methods = [b["method"] for b in result.detail["blocks"]]
+    assert methods[0] == "lipsdp-fft"
+    ref = net.double().eval()
+    gen = torch.Generator().manual_seed(9)
+    for _ in range(16):
+        x = torch.randn((1, 2, 8, 8), generator=gen, dtype=torch.float64)
+        jac = torch.autograd.functional.jacobian(ref, x).reshape(2, -1)
+        assert float(torch.linalg.matrix_norm(jac, ord=2)) <= result.value

@@ -11,7 +11,9 @@ composition f_m∘…∘f_1 of the pieces between them, so L ≤ Π L(f_j) for a
 - ``lipsdp``: a chain of composed linear operators and element-wise slope-restricted activations gets the
   LipSDP-Neuron certificate (:mod:`.lipsdp`, the operators' error bounds enter the certificate);
 - ``residual``: a block y = S·x + B(x) whose shortcut S is linear and whose branch B is linear → activation →
-  linear gets a LipSDP-Neuron certificate of its own (:mod:`.residual`).
+  linear gets a LipSDP-Neuron certificate of its own (:mod:`.residual`);
+- ``residual-fft`` / ``lipsdp-fft``: the same two certificates for convolutional blocks and chains too large for
+  dense LMIs, split by frequency (:mod:`.fourier`, :mod:`.fourier_chain`).
 
 Each piece's factor is the least certified value; the report lists the pieces with the method that gave it.
 """
@@ -315,6 +317,11 @@ def _chain_run(graph: Graph, run: Sequence[Piece], bounds: Mapping[str, tuple[An
     is over the order limit may still hold sub-chains that fit (a CNN's later, smaller layers)."""
     results: list[PieceResult] = []
     windows = _windows(graph, run, limits.max_order)
+    if len(windows) > 1 and time.perf_counter() - start < limits.total_seconds:
+        # a run over the dense limit: the whole of it frequency by frequency first (far cheaper than the windows)
+        fft = _fft_chain(graph, run, bounds, limits, start)
+        if fft is not None:
+            return fft
     for window in windows:
         results.extend(_chain_window(graph, window, bounds, limits, start, on_piece, chain_cls, lipsdp_fn))
     if len(windows) > 1 and any(p.kind == "activation" for p in run) and any(p.kind == "linear" for p in run):
@@ -323,6 +330,36 @@ def _chain_run(graph: Graph, run: Sequence[Piece], bounds: Mapping[str, tuple[An
         note = f"the chain's LMI of order {order} is over the limit {limits.max_order}: {len(windows)} windows"
         results[0].note = f"{results[0].note}; {note}" if results[0].note else note
     return results
+
+
+def _fft_chain(graph: Graph, run: Sequence[Piece], bounds: Mapping[str, tuple[Any, tuple[int, ...]]],
+               limits: Limits, start: float) -> list[PieceResult] | None:
+    """The run's convs and activations as one lipsdp-fft factor (:mod:`.fourier_chain`), a classifier head after
+    them (a linear piece that is not one conv) keeping its product; None when it does not apply or is not below
+    the run's product."""
+    from lipcheck.bound.methods.fourier_chain import build_chain, chain_fft_bound
+
+    t0 = time.perf_counter()
+    body, head = list(run), []
+    if isinstance(build_chain(graph, body), str) and len(body) > 2 and body[-1].kind == "linear":
+        body, head = body[:-1], body[-1:]
+    evaluations = limits.max_evaluations if limits.max_evaluations is not None else 80
+    deadline = min(start + limits.total_seconds, t0 + limits.search_seconds)
+    value = chain_fft_bound(graph, body, deadline, limits.fft_max_work, evaluations)
+    if isinstance(value, str):
+        return None
+    nodes = [n for p in body for n in p.nodes]
+    out = [PieceResult(nodes[0].name, nodes[-1].name, len(nodes), "lipsdp-fft", value,
+                       product_factor(nodes, body[0].entry, bounds), time.perf_counter() - t0)]
+    for piece in head:
+        factor = product_factor(piece.nodes, piece.entry, bounds)
+        out.append(PieceResult(piece.nodes[0].name, piece.nodes[-1].name, len(piece.nodes), "product", factor,
+                               factor, 0.0))
+    total = 1.0
+    for r in out:
+        total = _mul_up(total, r.value)
+    nodes_all = [n for p in run for n in p.nodes]
+    return out if total < product_factor(nodes_all, run[0].entry, bounds) else None
 
 
 def _chain_window(graph: Graph, run: Sequence[Piece], bounds: Mapping[str, tuple[Any, tuple[int, ...]]],
