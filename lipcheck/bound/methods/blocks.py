@@ -228,8 +228,8 @@ def blocks_bound(
     on_piece: Callable[[str], None] | None = None,
 ) -> MethodResult:
     """The blocks method's certified bound (module docstring); ``bounds`` is the walker's ``WalkResult.bounds``."""
-    from lipcheck.bound.methods.lipsdp import Chain, lipsdp
     from lipcheck.bound.methods.fourier import residual_fft_bound
+    from lipcheck.bound.methods.lipsdp import Chain, lipsdp
     from lipcheck.bound.methods.residual import residual_bound
 
     limits = limits or Limits()

@@ -88,9 +88,8 @@ class ConvSpec:
 def _spec(graph: Graph, nodes: list[Node], entry: str, exit_: str) -> ConvSpec | str:
     """``nodes`` (a Conv reading ``entry``, optionally then a BatchNormalization, ending in ``exit_``) as a ConvSpec."""
     from lipcheck.bound.methods.linear import linear_reason
-    from lipcheck.rules.registry import NoGlobalConstant
     from lipcheck.rules.linear import _conv_geometry, batchnorm_scale
-    from lipcheck.rules.registry import RuleContext
+    from lipcheck.rules.registry import NoGlobalConstant, RuleContext
 
     if not nodes or nodes[0].op_type != "Conv" or len(nodes) > 2 or (
             len(nodes) == 2 and nodes[1].op_type != "BatchNormalization"):
@@ -245,7 +244,8 @@ def _block(shortcut: ConvSpec | None, first: ConvSpec, second: ConvSpec,
 # ---------------------------------------------------------------------------------------------- the LMI
 
 
-def _lanczos_top(apply, v0: torch.Tensor, steps: int = 24) -> tuple[np.ndarray, torch.Tensor]:  # type: ignore[no-untyped-def]
+def _lanczos_top(apply, v0: torch.Tensor,  # type: ignore[no-untyped-def]
+                 steps: int = 24) -> tuple[np.ndarray, torch.Tensor]:
     """λ_max estimates (from below: Ritz values) of a batch of Hermitian operators, and their Ritz vectors, by
     ``steps`` Lanczos steps with full reorthogonalization from ``v0`` (F, n, 1)."""
     f, n, _ = v0.shape
@@ -363,7 +363,6 @@ def _failures(blk: _Block, rho: float, t: float, a: float, m: float) -> np.ndarr
     freqs = blk.frequencies()
     chunk = max(1, CHUNK_ENTRIES // (n * n))
     failed: list[np.ndarray] = []
-    gamma = rounding_margin(4 * (n + 1)) - 1.0  # complex Cholesky: a few more roundings per operation
     for start in range(0, len(freqs), chunk):
         part = np.arange(start, min(len(freqs), start + chunk))
         k1, k2, s = blk.operators(part)
@@ -382,15 +381,27 @@ def _failures(blk: _Block, rho: float, t: float, a: float, m: float) -> np.ndarr
         p[:, nx:, :nx] = cross
         p[:, :nx, nx:] = cross.mH
         p[:, nx:, nx:] = bottom
-        diag = p.diagonal(dim1=-2, dim2=-1).real
-        diag_abs = diag.abs()
-        if not bool(torch.isfinite(diag_abs).all()) or not math.isfinite(e_form):
+        bad = cholesky_fails(p, e_form)
+        if bad is None:
             return None
-        delta = 2.0 * (e_form + gamma * diag_abs.sum(dim=-1) + EPS64 * diag_abs.amax(dim=-1))
-        p.diagonal(dim1=-2, dim2=-1).sub_(delta[:, None].to(torch.complex128))
-        _, info = torch.linalg.cholesky_ex(p)
-        failed.append(start + np.nonzero(info.numpy() != 0)[0])
+        failed.append(start + bad)
     return np.concatenate(failed) if failed else np.empty(0, dtype=np.int64)
+
+
+def cholesky_fails(p: torch.Tensor, e_form: float) -> np.ndarray | None:
+    """Which Hermitian matrices of the stack ``p`` (overwritten) are NOT proven ⪰ 0: those whose float64 Cholesky
+    factorization of P − δI fails, δ = 2·(e_form + γ·Σ|P_ii| + ε·max|P_ii|), where ``e_form`` bounds the spectral
+    norm of P's own rounding error and γ covers the factorization's backward error (Higham, Thm 10.3, with room for
+    complex arithmetic). None when a diagonal or ``e_form`` is not finite."""
+    n = int(p.shape[-1])
+    gamma = rounding_margin(4 * (n + 1)) - 1.0
+    diag_abs = p.diagonal(dim1=-2, dim2=-1).real.abs()
+    if not bool(torch.isfinite(diag_abs).all()) or not math.isfinite(e_form):
+        return None
+    delta = 2.0 * (e_form + gamma * diag_abs.sum(dim=-1) + EPS64 * diag_abs.amax(dim=-1))
+    p.diagonal(dim1=-2, dim2=-1).sub_(delta[:, None].to(p.dtype))
+    _, info = torch.linalg.cholesky_ex(p)
+    return np.nonzero(info.numpy() != 0)[0]
 
 
 def _scores(blk: _Block, freqs: np.ndarray, m: float, chunk: int) -> tuple[np.ndarray, float]:

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lipcheck.bound.methods.fourier import CHUNK_ENTRIES, MARGINS, ConvSpec, _spec, _symbols
+from lipcheck.bound.methods.fourier import CHUNK_ENTRIES, MARGINS, ConvSpec, _spec, _symbols, cholesky_fails
 from lipcheck.ir.graph import Graph
-from lipcheck.norms.margin import EPS64, rounding_margin
+from lipcheck.norms.margin import rounding_margin
 
 if TYPE_CHECKING:
     from lipcheck.bound.methods.blocks import Piece
@@ -217,7 +217,6 @@ def _failures(chain: _Chain, rho: float, t: np.ndarray) -> np.ndarray | None:
     e_form = _abs_bound(chain, rho, t, g)
     if not math.isfinite(e_form):
         return None
-    gamma = rounding_margin(4 * (n + 1)) - 1.0
     freqs = chain.frequencies()
     chunk = max(1, CHUNK_ENTRIES // (n * n))
     ab = [(lo * hi, 0.5 * (lo + hi)) for lo, hi in chain.slopes]
@@ -242,13 +241,10 @@ def _failures(chain: _Chain, rho: float, t: np.ndarray) -> np.ndarray | None:
                 p[:, sl, nxt] = cross.mH
             else:
                 blk -= _gram(ks[k - 1], chain.dims[k - 1], f)
-        diag_abs = p.diagonal(dim1=-2, dim2=-1).real.abs()
-        if not bool(torch.isfinite(diag_abs).all()):
+        bad = cholesky_fails(p, e_form)
+        if bad is None:
             return None
-        delta = 2.0 * (e_form + gamma * diag_abs.sum(dim=-1) + EPS64 * diag_abs.amax(dim=-1))
-        p.diagonal(dim1=-2, dim2=-1).sub_(delta[:, None].to(torch.complex128))
-        _, info = torch.linalg.cholesky_ex(p)
-        failed.append(start + np.nonzero(info.numpy() != 0)[0])
+        failed.append(start + bad)
     return np.concatenate(failed) if failed else np.empty(0, dtype=np.int64)
 
 
@@ -279,10 +275,10 @@ def _search(chain: _Chain, ks: list[torch.Tensor | None], t: np.ndarray, deadlin
             if out_of_time():
                 return t
 
-            def along(c: float, i: int = i) -> float:
+            def along(c: float, i: int = i, base: np.ndarray = t) -> float:
                 if out_of_time():
                     return 1e300
-                tt = t.copy()
+                tt = base.copy()
                 tt[i] *= math.exp(c)
                 return value(tt)
 
