@@ -311,3 +311,35 @@ def test_blocks_uses_the_chain_where_the_dense_lmi_needs_windows() -> None:
     methods = [b["method"] for b in result.detail["blocks"]]
     assert methods[0] == "lipsdp-fft"
     assert _max_jacobian_norm(net, (1, 2, 8, 8), 9) <= result.value
+
+
+@pytest.mark.parametrize("exponent", [-100, 100, -500, 500, -1000])
+def test_hostile_scales_never_certify_too_low(exponent: int) -> None:
+    """W₁·2^e and W₂·2^−e leave the block x + W₂φ(W₁x) (ReLU) unchanged: moderate scales give the same certificate
+    (the search and the Cholesky test are scaled to them), scales near under- and overflow the same, a larger one,
+    or none, never a lower one."""
+    torch.manual_seed(0)
+    model = _onnx(_Block(4, 4, 1), (1, 4, 6, 6))
+    graph = fold_batchnorm(load(model))
+    piece = next(p for p in decompose(graph) if p.kind == "other")
+    honest = residual_fft_bound(graph, piece, Limits())
+    assert isinstance(honest, float)
+    shortcut, first, act, second, s_out, b_out = split_block(graph, piece)
+    w1 = materialize(graph, first, piece.entry, act.inputs[0], 2**30).matrix
+    w2 = materialize(graph, second, act.outputs[0], b_out, 2**30).matrix
+    worst = max(float(np.linalg.norm(np.eye(w1.shape[1]) + w2 @ (d[:, None] * w1), 2))
+                for d in (np.ones(w1.shape[0]), *(np.random.default_rng(i).integers(0, 2, w1.shape[0])
+                                                  for i in range(20))))
+    scaled = dict(graph.constants)
+    for nodes, e in ((first, exponent), (second, -exponent)):
+        conv = nodes[0]
+        scaled[conv.inputs[1]] = np.ldexp(np.asarray(scaled[conv.inputs[1]], dtype=np.float64), e)
+        if len(conv.inputs) > 2 and conv.inputs[2]:
+            scaled[conv.inputs[2]] = np.ldexp(np.asarray(scaled[conv.inputs[2]], dtype=np.float64), e)
+    import dataclasses
+
+    hostile = dataclasses.replace(graph, constants=scaled)
+    value = residual_fft_bound(hostile, piece, Limits())
+    assert isinstance(value, str) or value >= worst
+    if abs(exponent) <= 100:
+        assert value == pytest.approx(honest, rel=1e-6)

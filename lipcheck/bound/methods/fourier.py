@@ -283,7 +283,7 @@ class _Schur:
         self.x2 = (k2 @ vec) if s is None else s.mH @ (k2 @ vec)
         self.s, self.k1, self.a = s, k1, a
         # the estimates (which only steer the search) run in single precision: half the memory traffic
-        self._single = [None if v is None else v.to(torch.complex64) for v in (self.x1, self.x2, s, k1)]
+        self._single_s = None if s is None else s.to(torch.complex64)
         self.start: torch.Tensor | None = None
 
     def _infeasible(self, t: float) -> np.ndarray:
@@ -309,26 +309,41 @@ class _Schur:
     def estimate(self, t: float) -> np.ndarray:
         """λ_max(M(ω, t)) per frequency, approximately (single precision Lanczos warm-started at the last call's
         Ritz vectors): it steers the search only; every value that is certified is recomputed densely."""
-        x1, x2, s, k1 = self._single
-        b = t * x1 + x2
-        inv = (1.0 / (t - self.lam)).to(torch.float32)[:, :, None]
+        s = self._single_s
+        # B = t·X₁ + X₂ and (t − Λ)⁻¹ formed in double precision, then brought to single precision's range by a
+        # power of two (t can be far outside it); the a-term likewise as ±(√(|a|t)K₁)ᴴ(√(|a|t)K₁)
+        b64 = t * self.x1 + self.x2
+        peak = float(b64.abs().max()) if b64.numel() else 0.0
+        scale = 2.0 ** -math.frexp(peak)[1] if peak > 0 and math.isfinite(peak) else 1.0
+        b = (b64 * scale).to(torch.complex64)
+        inv = ((1.0 / (t - self.lam)) / (scale * scale)).to(torch.float32)[:, :, None]
         a = self.a
+        k1 = (self.k1 * math.sqrt(abs(a) * t)).to(torch.complex64) if a != 0.0 else None
+        sign = 1.0 if a > 0 else -1.0
 
         def apply(v: torch.Tensor) -> torch.Tensor:
             out = b @ (inv * (b.mH @ v))
             out = out + (v if s is None else s.mH @ (s @ v))
-            if a != 0.0:
-                out = out - (a * t) * (k1.mH @ (k1 @ v))
+            if k1 is not None:
+                out = out - sign * (k1.mH @ (k1 @ v))
             return out
 
         steps = 12
         if self.start is None:
             gen = torch.Generator().manual_seed(0)
-            self.start = torch.randn(x1.shape[0], x1.shape[1], 1, generator=gen).to(torch.complex64)
+            self.start = torch.randn(self.x1.shape[0], self.x1.shape[1], 1, generator=gen).to(torch.complex64)
             steps = 24
         top, self.start = _lanczos_top(apply, self.start, steps=steps)
         top[self._infeasible(t)] = np.inf
         return top
+
+
+def _u_scale(t: float) -> float:
+    """The power of two nearest 1/√t: the congruence diag(I, sI) that brings P's Δu block (t·I − K₂ᴴK₂) to the
+    scale of its Δx block before the Cholesky test (exact in floating point, and P ⪰ 0 iff its congruent is)."""
+    if not (t > 0 and math.isfinite(t)):
+        return 1.0
+    return 2.0 ** -round(0.5 * math.log2(t))
 
 
 def _abs_rows(blk: _Block, rho: float, t: float, a: float, m: float, g: float) -> float:
@@ -346,8 +361,9 @@ def _abs_rows(blk: _Block, rho: float, t: float, a: float, m: float, g: float) -
         s_s = as_.T @ (as_ @ one_x)
         s_2 = as_.T @ (a2 @ one_u)
         two_s = a2.T @ (as_ @ one_x)
-    top = abs(rho) + abs(a) * t * (a1.T @ (a1 @ one_x)) + s_s + abs(m) * t * (a1.T @ one_u) + s_2
-    bottom = t + a2.T @ (a2 @ one_u) + abs(m) * t * (a1 @ one_x) + two_s
+    u = _u_scale(t)  # the rows and columns of the Δu block are scaled by u (see _failures)
+    top = abs(rho) + abs(a) * t * (a1.T @ (a1 @ one_x)) + s_s + u * (abs(m) * t * (a1.T @ one_u) + s_2)
+    bottom = u * u * (t + a2.T @ (a2 @ one_u)) + u * (abs(m) * t * (a1 @ one_x) + two_s)
     return g * float(max(top.max(), bottom.max()))
 
 
@@ -381,6 +397,9 @@ def _failures(blk: _Block, rho: float, t: float, a: float, m: float) -> np.ndarr
         p[:, nx:, :nx] = cross
         p[:, :nx, nx:] = cross.mH
         p[:, nx:, nx:] = bottom
+        u = _u_scale(t)  # diag(I, uI)·P·diag(I, uI): a power of two, so the scaled matrix is the exact congruent
+        p[:, nx:, :] *= u
+        p[:, :, nx:] *= u
         bad = cholesky_fails(p, e_form)
         if bad is None:
             return None
@@ -526,5 +545,8 @@ def residual_fft_bound(graph: Graph, piece: Piece, limits: Limits, deadline: flo
     blk = _block(shortcut, first, second, interval)
     if isinstance(blk, str):
         return blk
-    result = certify_block(blk, deadline, limits.fft_max_work)
+    try:
+        result = certify_block(blk, deadline, limits.fft_max_work)
+    except (ArithmeticError, ValueError, RuntimeError) as exc:  # an eigensolver that did not converge, say
+        return f"residual-fft: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return result if isinstance(result, str) else result[0]

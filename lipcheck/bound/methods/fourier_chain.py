@@ -188,23 +188,33 @@ def _abs_bound(chain: _Chain, rho: float, t: np.ndarray, g: float) -> float:
         else:
             absk.append(_symbols(c, p, chain.grid, none, absolute=True)[0] * (1.0 + c.rel_error))
     ab = [(abs(lo * hi), abs(0.5 * (lo + hi))) for lo, hi in chain.slopes]
+    u = _scales(t)  # the blocks' congruence scales (see _failures)
     worst = 0.0
     for i in range(k):  # row block i (Δx for i = 0, else Δu_i)
         n = chain.dims[i]
-        rows = np.full(n, abs(rho) if i == 0 else abs(float(t[i - 1])))
+        rows = np.full(n, abs(rho) if i == 0 else abs(float(t[i - 1]))) * u[i] ** 2
         if i < k - 1:  # a_{i+1} t_{i+1} K_{i+1}ᴴK_{i+1} and the block below: m_{i+1} t_{i+1} K_{i+1}ᴴ
             a_n, m_n = ab[i]
             w = absk[i]
-            rows = rows + a_n * t[i] * (w.T @ (w @ np.ones(n))) + m_n * t[i] * (w.T @ np.ones(w.shape[0]))
+            rows = rows + u[i] ** 2 * a_n * t[i] * (w.T @ (w @ np.ones(n)))
+            rows = rows + u[i] * u[i + 1] * m_n * t[i] * (w.T @ np.ones(w.shape[0]))
         else:  # − K_kᴴK_k
             w = absk[k - 1]
-            rows = rows + w.T @ (w @ np.ones(n))
+            rows = rows + u[i] ** 2 * (w.T @ (w @ np.ones(n)))
         if i > 0:  # the block left of the diagonal: m_i t_i K_i
             a_i, m_i = ab[i - 1]
             w = absk[i - 1]
-            rows = rows + m_i * t[i - 1] * (w @ np.ones(w.shape[1]))
+            rows = rows + u[i] * u[i - 1] * m_i * t[i - 1] * (w @ np.ones(w.shape[1]))
         worst = max(worst, float(rows.max()))
     return g * worst
+
+
+def _scales(t: np.ndarray) -> list[float]:
+    """Per block, the power of two that :func:`_failures` scales its rows and columns by: 1 for Δx, about 1/√t_i
+    for Δu_i (:func:`lipcheck.bound.methods.fourier._u_scale`)."""
+    from lipcheck.bound.methods.fourier import _u_scale
+
+    return [1.0] + [_u_scale(float(v)) for v in t]
 
 
 def _failures(chain: _Chain, rho: float, t: np.ndarray) -> np.ndarray | None:
@@ -241,6 +251,11 @@ def _failures(chain: _Chain, rho: float, t: np.ndarray) -> np.ndarray | None:
                 p[:, sl, nxt] = cross.mH
             else:
                 blk -= _gram(ks[k - 1], chain.dims[k - 1], f)
+        for i, u in enumerate(_scales(t)):  # the congruent D·P·D, D = diag(u_i I): powers of two, exact
+            if u != 1.0:
+                sl = slice(int(offs[i]), int(offs[i + 1]))
+                p[:, sl, :] *= u
+                p[:, :, sl] *= u
         bad = cholesky_fails(p, e_form)
         if bad is None:
             return None
@@ -331,5 +346,8 @@ def chain_fft_bound(graph: Graph, run: list[Piece], deadline: float | None = Non
     chain = build_chain(graph, run)
     if isinstance(chain, str):
         return chain
-    result = certify_chain(chain, deadline, max_work, evaluations)
+    try:
+        result = certify_chain(chain, deadline, max_work, evaluations)
+    except (ArithmeticError, ValueError, RuntimeError) as exc:  # an eigensolver that did not converge, say
+        return f"lipsdp-fft: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return result if isinstance(result, str) else result[0]
