@@ -166,6 +166,12 @@ def _symbols(spec: ConvSpec, phases_in: tuple[int, ...], grid: tuple[int, ...], 
     return out.reshape(n_f, c_out * n_po, c_in * n_pi)
 
 
+def half_frequencies(grid: tuple[int, ...]) -> np.ndarray:
+    """Half of the grid's frequencies (real weights: P(−ω) = conj P(ω)), as (F, d) integer rows."""
+    shape = (*grid[:-1], grid[-1] // 2 + 1)
+    return np.stack(np.unravel_index(np.arange(math.prod(shape)), shape), axis=1)
+
+
 @dataclass
 class _Block:
     shortcut: ConvSpec | None  # None: the identity
@@ -186,9 +192,7 @@ class _Block:
         return self.first.c_out * math.prod(self.phases_h)
 
     def frequencies(self) -> np.ndarray:
-        """Half of the coarse grid's frequencies (real weights: P(−ω) = conj P(ω)), as (F, d) integer rows."""
-        shape = (*self.grid[:-1], self.grid[-1] // 2 + 1)
-        return np.stack(np.unravel_index(np.arange(math.prod(shape)), shape), axis=1)
+        return half_frequencies(self.grid)
 
     def symbol_bytes(self) -> int:
         ny = self.second.c_out

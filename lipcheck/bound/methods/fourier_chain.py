@@ -27,7 +27,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lipcheck.bound.methods.fourier import CHUNK_ENTRIES, MARGINS, ConvSpec, _spec, _symbols, cholesky_fails
+from lipcheck.bound.methods.fourier import (
+    CANDIDATES,
+    CHUNK_ENTRIES,
+    MARGINS,
+    MAX_WORK,
+    ConvSpec,
+    _spec,
+    _symbols,
+    cholesky_fails,
+    half_frequencies,
+)
 from lipcheck.ir.graph import Graph
 from lipcheck.norms.margin import rounding_margin
 
@@ -35,8 +45,6 @@ if TYPE_CHECKING:
     from lipcheck.bound.methods.blocks import Piece
 
 METHOD = "lipsdp-fft"
-CANDIDATES = 6
-MAX_WORK = 2e12  # Σ over frequencies of order³: the cost of one full check
 
 
 @dataclass
@@ -48,8 +56,7 @@ class _Chain:
     dims: list[int]  # d_0 … d_{k−1}: the sizes of Δx, Δu_1 … Δu_{k−1} per frequency
 
     def frequencies(self) -> np.ndarray:
-        shape = (*self.grid[:-1], self.grid[-1] // 2 + 1)
-        return np.stack(np.unravel_index(np.arange(math.prod(shape)), shape), axis=1)
+        return half_frequencies(self.grid)
 
     def operators(self, idx: np.ndarray) -> list[torch.Tensor | None]:
         freqs = self.frequencies()[np.asarray(idx, dtype=np.int64)]
