@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -450,8 +451,6 @@ def certify_block(blk: _Block, deadline: float | None = None,
                   max_work: float = MAX_WORK) -> tuple[float, dict] | str:
     """(√ρ of a certified P(ρ, tI) ⪰ 0 for the block, details) or why there is none. ``max_work``: the largest
     Σ over frequencies of order³ (the cost of one check) to take on."""
-    import time
-
     from scipy.optimize import minimize_scalar
 
     alpha, beta = blk.interval
