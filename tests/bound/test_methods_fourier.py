@@ -343,3 +343,33 @@ def test_hostile_scales_never_certify_too_low(exponent: int) -> None:
     assert isinstance(value, str) or value >= worst
     if abs(exponent) <= 100:
         assert value == pytest.approx(honest, rel=1e-6)
+
+
+def test_chain_with_a_pooling_head_bounds_every_slope_pattern() -> None:
+    """conv → ReLU → conv (stride 2) → ReLU → GlobalAveragePool → Flatten → Gemm: the head is a symbol at ω = 0 only;
+    the certificate is ≥ ‖G·pool·D₂W₂D₁W₁‖ of the real operators for many patterns, and below the product."""
+    from lipcheck.bound.methods.fourier_chain import build_chain, certify_chain
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).eval()
+    model = _onnx(net, (1, 2, 7, 7))
+    graph = fold_batchnorm(load(model))
+    pieces = decompose(graph)
+    assert [p.kind for p in pieces][-1] == "linear"
+    chain = build_chain(graph, pieces)
+    assert not isinstance(chain, str), chain
+    result = certify_chain(chain)
+    assert not isinstance(result, str), result
+    mats = [materialize(graph, p.nodes, p.entry, p.exit, 2**30).matrix for p in pieces if p.kind == "linear"]
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for i in range(60):
+        op = mats[0]
+        for w in mats[1:]:
+            d = np.ones(op.shape[0]) if i == 0 else (rng.random(op.shape[0]) < 0.5).astype(float)
+            op = w @ (d[:, None] * op)
+        worst = max(worst, float(np.linalg.norm(op, 2)))
+    product = math.prod(float(np.linalg.norm(w, 2)) for w in mats)
+    assert worst <= result[0] < product
+    assert _max_jacobian_norm(net, (1, 2, 7, 7), 3) <= result[0]

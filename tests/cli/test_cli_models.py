@@ -75,7 +75,7 @@ def test_goldens_accept_another_cpus_last_digits_and_refuse_real_changes() -> No
     text = (GOLDEN / "cli_sn_discriminator.txt").read_text(encoding="utf-8")
     compare_text(text.replace("0.001823%", "0.001922%"), text)
     # a model whose bound is the product's (a searched method's value, lipsdp or blocks, is compared at 1e-3)
-    data = json.loads((GOLDEN / "cli_cnn_bn.json").read_text(encoding="utf-8"))
+    data = json.loads((GOLDEN / "cli_sn_discriminator.json").read_text(encoding="utf-8"))
     assert data["method"] == "product"
     other = json.loads(json.dumps(data))
     other["upper_bound"] = data["upper_bound"] * (7.636641531776228 / 7.636642070569921)  # the AMD difference

@@ -12,9 +12,14 @@ slope set to 0 outside its tensor's window, so L ≤ sup_D ‖K_k D_{k−1} ⋯ 
         P_{k−1,k−1} = t_{k−1}I − K_kᴴK_k,  P_{i,i−1} = −m_i t_i K_i           (a_i = α_iβ_i, m_i = (α_i + β_i)/2)
 
 is ⪰ 0 then L ≤ √ρ (Fazlyab et al. 2019). The DFT on the output grid (polyphase for strides) splits P into one
-matrix per frequency; the multipliers are searched (Nelder–Mead on log t, ρ(ω, t) by eliminating the blocks from the
-last one up) on the frequencies that matter, and every frequency is then checked by a float64 Cholesky with the
-rounding bound of :mod:`.fourier` (|K̂(ω)| ≤ Σ|w| entrywise at every ω).
+matrix per frequency; the multipliers are searched (a common scale, then each t_i in turn, by bounded searches on
+log t; ρ(ω, t) by eliminating the blocks from the last one up) on the frequencies that matter, and every
+frequency is then checked by a float64 Cholesky with the rounding bound of :mod:`.fourier` (|K̂(ω)| ≤ Σ|w|
+entrywise at every ω).
+
+A GlobalAveragePool → Flatten → Gemm head right after the last activation is W_k too: the activation's output is 0
+outside its window, so the pool's sum over the window is the sum over the torus, û(0): the head is the symbol
+√(M^d)/n·G at ω = 0 and 0 at every other frequency (:func:`_head_symbols`).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from lipcheck.bound.methods.fourier import (
     half_frequencies,
 )
 from lipcheck.ir.graph import Graph
-from lipcheck.norms.margin import rounding_margin
+from lipcheck.norms.margin import EPS64, rounding_margin
 
 if TYPE_CHECKING:
     from lipcheck.bound.methods.blocks import Piece
@@ -47,9 +52,71 @@ if TYPE_CHECKING:
 METHOD = "lipsdp-fft"
 
 
+@dataclass(frozen=True)
+class HeadSpec:
+    """GlobalAveragePool → Flatten → Gemm after the chain's last activation: y = G·(1/n)·Σ_positions u."""
+
+    g: np.ndarray  # (c_out, C) float64: α·B or α·Bᵀ
+    rel_error: float
+    positions: int  # n: the spatial size the pool averages over
+
+    @property
+    def c_out(self) -> int:
+        return int(self.g.shape[0])
+
+    @property
+    def c_in(self) -> int:
+        return int(self.g.shape[1])
+
+
+def _head_symbols(head: HeadSpec, phases: tuple[int, ...], grid: tuple[int, ...], freqs: np.ndarray,
+                  absolute: bool = False) -> np.ndarray:
+    """The head as a symbol on the chain's grid: nonzero only at ω = 0, where it is √(M^d)/n · G·[I ⊗ 1ᵀ] (the
+    output energy ‖y‖² = |G Σ u|²/n² written as (1/M^d)·|K̂(0)û(0)|², Parseval's weight of every other term)."""
+    n_p = math.prod(phases)
+    block = np.repeat(head.g, n_p, axis=1) * (math.sqrt(math.prod(grid)) / head.positions)  # columns (C, phase)
+    if absolute:
+        return np.abs(block)[None]
+    out = np.zeros((freqs.shape[0], head.c_out, head.c_in * n_p), dtype=np.complex128)
+    out[np.all(freqs == 0, axis=1)] = block
+    return out
+
+
+def _head(graph: Graph, piece: Piece) -> HeadSpec | str:
+    """A linear piece GlobalAveragePool → Flatten → Gemm (B constant) as a :class:`HeadSpec`, or why not."""
+    nodes = list(piece.nodes)
+    if [n.op_type for n in nodes] != ["GlobalAveragePool", "Flatten", "Gemm"]:
+        return "a piece that is neither one Conv nor a GlobalAveragePool → Flatten → Gemm head"
+    pool, flat, gemm = nodes
+    shape = graph.shape(piece.entry)
+    if (pool.inputs[0] != piece.entry or flat.inputs[0] != pool.outputs[0] or gemm.inputs[0] != flat.outputs[0]
+            or gemm.outputs[0] != piece.exit or len(shape) < 3 or shape[0] != 1
+            or int(flat.attr("axis", 1)) != 1 or int(gemm.attr("transA", 0)) != 0):
+        return "a head that is not GlobalAveragePool → Flatten → Gemm on one sample"
+    b = graph.constants.get(gemm.inputs[1])
+    if b is None:
+        return "a Gemm with an input-dependent weight"
+    b = np.asarray(b, dtype=np.float64)
+    g = float(gemm.attr("alpha", 1.0)) * (b if int(gemm.attr("transB", 0)) else b.T)
+    if g.ndim != 2 or g.shape[1] != shape[1] or not np.all(np.isfinite(g)):
+        return "a Gemm whose weight does not fit the pooled channels"
+    return HeadSpec(g, 8.0 * EPS64, int(math.prod(shape[2:])))
+
+
+def _chain_symbols(c: ConvSpec | HeadSpec, phases: tuple[int, ...], grid: tuple[int, ...], freqs: np.ndarray,
+                   absolute: bool = False) -> np.ndarray:
+    if isinstance(c, HeadSpec):
+        return _head_symbols(c, phases, grid, freqs, absolute)
+    return _symbols(c, phases, grid, freqs, absolute)
+
+
+def _taps(c: ConvSpec | HeadSpec) -> int:
+    return 1 if isinstance(c, HeadSpec) else int(math.prod(c.weight.shape[2:]))
+
+
 @dataclass
 class _Chain:
-    convs: list[ConvSpec | None]  # W_1 … W_k (None: the identity)
+    convs: list[ConvSpec | HeadSpec | None]  # W_1 … W_k (None: the identity; a head only last)
     slopes: list[tuple[float, float]]  # the k − 1 activations' intervals, widened to contain 0
     grid: tuple[int, ...]
     phases: list[tuple[int, ...]]  # input phases of W_1 … W_k
@@ -60,7 +127,7 @@ class _Chain:
 
     def operators(self, idx: np.ndarray) -> list[torch.Tensor | None]:
         freqs = self.frequencies()[np.asarray(idx, dtype=np.int64)]
-        return [None if c is None else torch.from_numpy(_symbols(c, p, self.grid, freqs))
+        return [None if c is None else torch.from_numpy(_chain_symbols(c, p, self.grid, freqs))
                 for c, p in zip(self.convs, self.phases)]
 
 
@@ -81,7 +148,11 @@ def build_chain(graph: Graph, run: list[Piece]) -> _Chain | str:
         elif piece.kind == "linear":
             if expect == "activation":
                 return "two linear pieces in a row"
-            spec = _spec(graph, list(piece.nodes), piece.entry, piece.exit)
+            spec: ConvSpec | HeadSpec | str = _spec(graph, list(piece.nodes), piece.entry, piece.exit)
+            if isinstance(spec, str) and expect == "linear" and piece is run[-1]:
+                # a classifier head right after the last activation (whose slope is 0 outside the window, so the
+                # pool's sum over the torus is its sum over the window)
+                spec = _head(graph, piece)
             if isinstance(spec, str):
                 return spec
             convs.append(spec)
@@ -92,7 +163,12 @@ def build_chain(graph: Graph, run: list[Piece]) -> _Chain | str:
         return "no activation between convolutions"
     if expect == "linear":
         convs.append(None)  # the run ends with an activation: W_k = I
-    real = [c for c in convs if c is not None]
+    head = convs[-1] if isinstance(convs[-1], HeadSpec) else None
+    real = [c for c in convs if isinstance(c, ConvSpec)]
+    if not real:
+        return "no convolution in the chain"
+    if head is not None and head.c_in != real[-1].c_out:
+        return "a head whose Gemm does not read the last conv's channels"
     for a, b in zip(real, real[1:]):
         if b.n_in != a.n_out or b.c_in != a.c_out:
             return "consecutive convs whose shapes do not meet"
@@ -115,7 +191,7 @@ def build_chain(graph: Graph, run: list[Piece]) -> _Chain | str:
     for c in convs:
         phases.append(left)
         dims.append(channels * math.prod(left))
-        if c is not None:
+        if isinstance(c, ConvSpec):
             left = tuple(p // s for p, s in zip(left, c.strides))
             channels = c.c_out
     return _Chain(convs, slopes, grid, phases, dims)
@@ -161,6 +237,14 @@ def _rho(chain: _Chain, ks: list[torch.Tensor | None], t: np.ndarray) -> np.ndar
     return top
 
 
+def _last_gram_top(chain: _Chain, ks: list[torch.Tensor | None]) -> np.ndarray:
+    """λ_max(K_kᴴK_k) per frequency (1 where W_k is the identity)."""
+    f = next(x.shape[0] for x in ks if x is not None)
+    if ks[-1] is None:
+        return np.ones(f)
+    return torch.linalg.eigvalsh(ks[-1] @ ks[-1].mH)[:, -1].numpy()
+
+
 def _start(chain: _Chain, ks: list[torch.Tensor | None]) -> np.ndarray:
     """Feasible multipliers, chosen from the last block up: each t_i twice what keeps its pivot positive definite."""
     k = len(ks)
@@ -193,7 +277,7 @@ def _abs_bound(chain: _Chain, rho: float, t: np.ndarray, g: float) -> float:
         if c is None:
             absk.append(np.eye(n))
         else:
-            absk.append(_symbols(c, p, chain.grid, none, absolute=True)[0] * (1.0 + c.rel_error))
+            absk.append(_chain_symbols(c, p, chain.grid, none, absolute=True)[0] * (1.0 + c.rel_error))
     ab = [(abs(lo * hi), abs(0.5 * (lo + hi))) for lo, hi in chain.slopes]
     u = _scales(t)  # the blocks' congruence scales (see _failures)
     worst = 0.0
@@ -229,7 +313,7 @@ def _failures(chain: _Chain, rho: float, t: np.ndarray) -> np.ndarray | None:
     k = len(chain.convs)
     n = sum(chain.dims)
     offs = np.concatenate([[0], np.cumsum(chain.dims)])
-    taps = max(int(math.prod(c.weight.shape[2:])) for c in chain.convs if c is not None)
+    taps = max(_taps(c) for c in chain.convs if c is not None)
     g = rounding_margin(max(chain.dims) + max(c.c_out for c in chain.convs if c is not None) + 2 * taps + 16) - 1.0
     e_form = _abs_bound(chain, rho, t, g)
     if not math.isfinite(e_form):
@@ -325,6 +409,11 @@ def certify_chain(chain: _Chain, deadline: float | None = None, max_work: float 
     t = np.max([_start(chain, chain.operators(i)) for i in every], axis=0)  # feasible at every frequency
     values = np.concatenate([_rho(chain, chain.operators(i), t) for i in every])
     chosen = [int(f) for f in np.argsort(values)[::-1][:CANDIDATES]]
+    # and the frequency where the last block needs the largest t_{k−1} (‖K_k(ω)‖²), so that the search on these
+    # few cannot leave the others infeasible there (a head lives at ω = 0 only)
+    last = np.concatenate([_last_gram_top(chain, chain.operators(i)) for i in every])
+    if int(np.argmax(last)) not in chosen:
+        chosen.append(int(np.argmax(last)))
     for round_ in range(2):
         t = _search(chain, chain.operators(np.array(chosen)), t, deadline, evaluations // 2)
         values = np.concatenate([_rho(chain, chain.operators(i), t) for i in every])
