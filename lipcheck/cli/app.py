@@ -1047,21 +1047,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = app(args=args, prog_name="lipcheck", standalone_mode=False)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        sys.exit(EXIT_INTERRUPTED)
+        _exit(EXIT_INTERRUPTED)
     except Exception as exc:
         # typer's (click's) UsageError / BadParameter / NoSuchOption; duck-typed: the class moved between versions
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
         if type(exc).__name__ == "Abort":
             sys.stderr.write("interrupted\n")
-            sys.exit(EXIT_INTERRUPTED)
+            _exit(EXIT_INTERRUPTED)
         if type(exc).__name__ == "NoArgsIsHelpError":  # `lipcheck` alone: the help is printed already
             sys.exit(EXIT_ERROR)
         command = next((a for a in args if not a.startswith("-")), "")
         hint = f"lipcheck {command} -h" if command in _COMMANDS else "lipcheck -h"
         sys.stderr.write(f"error: {_one_line(exc.format_message())} (see {hint})\n")
         sys.exit(int(getattr(exc, "exit_code", EXIT_ERROR)) or EXIT_ERROR)
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    _exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _exit(code: int) -> NoReturn:
+    """``sys.exit(code)``, so that an interrupted run ends with exit code 130, always.
+
+    Under ``python -m`` CPython (3.11, 3.12) ends the process by SIGINT, whatever the exit code, when a
+    KeyboardInterrupt once left code run by a string ``exec`` (``run_eval_code_obj`` sets a runtime flag
+    that nothing clears but the next string ``exec``), even though it was caught later. ``dataclasses``
+    builds its methods that way: a Ctrl-C during an import that defines a dataclass killed the process by
+    the signal (returncode -2) after it printed "interrupted". A string ``exec`` that completes resets it."""
+    if code == EXIT_INTERRUPTED:
+        exec("pass", {})  # noqa: S102 - resets CPython's unhandled-KeyboardInterrupt flag (see above)
+    sys.exit(code)
 
 
 _COMMANDS = ("analyze", "normalize", "check", "diff")

@@ -126,3 +126,23 @@ def test_ctrl_c_exits_130_within_two_seconds(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["interrupted"]
     assert took < 2.5
+
+
+def test_interrupt_inside_a_string_exec_still_exits_130(tmp_path: Path) -> None:
+    """The CI failure of stop 19: a Ctrl-C that lands in code run by a string ``exec`` (dataclasses builds its
+    methods that way, so: any import during the analysis) made CPython end a ``python -m`` process by SIGINT
+    (returncode -2) after lipcheck had printed "interrupted" and asked for 130. Reproduced without timing."""
+    (tmp_path / "interrupt_in_exec.py").write_text(
+        "import sys\n"
+        "import lipcheck.cli.app as app\n"
+        "def _boom(shapes):\n"
+        "    exec('raise KeyboardInterrupt', {})\n"
+        "app.parse_input_shapes = _boom\n"
+        "app.main(sys.argv[1:])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    model = _conv_model(tmp_path / "m.onnx", 2, 4, 1, [1, 2, 4, 4])
+    proc = subprocess.run([sys.executable, "-m", "interrupt_in_exec", "analyze", str(model), "--no-progress"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["interrupted"]
