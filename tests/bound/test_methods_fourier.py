@@ -373,3 +373,84 @@ def test_chain_with_a_pooling_head_bounds_every_slope_pattern() -> None:
     product = math.prod(float(np.linalg.norm(w, 2)) for w in mats)
     assert worst <= result[0] < product
     assert _max_jacobian_norm(net, (1, 2, 7, 7), 3) <= result[0]
+
+
+class _PadChain(nn.Module):
+    """conv → ReLU → an explicit constant Pad (asymmetric, value 0.5) → conv (stride 2, no pads) → ReLU → conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(2, 4, 3, 1, 1), nn.Conv2d(4, 3, 3, 2, 0), nn.Conv2d(3, 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.pad(torch.relu(self.c1(x)), (0, 1, 2, 0), value=0.5)
+        return self.c3(torch.relu(self.c2(h)))
+
+
+def test_a_constant_pad_before_a_conv_is_taken_in_as_its_zero_padding() -> None:
+    from lipcheck.bound.methods.fourier_chain import build_chain, certify_chain
+
+    torch.manual_seed(3)
+    net = _PadChain().eval()
+    graph = load(_onnx(net, (1, 2, 7, 7)))
+    pieces = decompose(graph)
+    assert any(n.op_type == "Pad" for p in pieces for n in p.nodes)
+    chain = build_chain(graph, pieces)
+    assert not isinstance(chain, str), chain
+    result = certify_chain(chain)
+    assert not isinstance(result, str), result
+    # the dense operators of the real pieces (the Pad's zero padding and the conv's, together)
+    mats = [materialize(graph, p.nodes, p.entry, p.exit, 2**30).matrix for p in pieces if p.kind == "linear"]
+    rng = np.random.default_rng(1)
+    worst = 0.0
+    for i in range(40):
+        op = mats[0]
+        for w in mats[1:]:
+            d = np.ones(op.shape[0]) if i == 0 else (rng.random(op.shape[0]) < 0.5).astype(np.float64)
+            op = w @ (d[:, None] * op)
+        worst = max(worst, float(np.linalg.norm(op, 2)))
+    product = math.prod(float(np.linalg.norm(w, 2)) for w in mats)
+    assert worst <= result[0] < product
+    assert _max_jacobian_norm(net, (1, 2, 7, 7), 4) <= result[0]
+
+
+def test_a_pad_that_is_not_zero_padding_of_the_spatial_dims_is_refused() -> None:
+    from lipcheck.bound.methods.fourier import _spatial_pads
+
+    for mode, pads, ok in [("constant", (0, 1, 2, 0), True), ("reflect", (1, 1, 1, 1), False),
+                           ("constant", (0, 0, 0, 0, 1, 0), False), ("constant", (-1, 0, 0, 0), False)]:
+        class P(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return nn.functional.pad(x, pads, mode=mode)  # noqa: B023 - used at once
+
+        graph = load(_onnx(P(), (1, 2, 5, 5)))
+        node = next(n for n in graph.nodes if n.op_type == "Pad")
+        assert (_spatial_pads(node, graph) is not None) is ok, (mode, pads)
+
+
+class _ChainThroughTranspose(nn.Module):
+    """conv → ReLU → conv → ReLU → ConvTranspose (no chain symbol) → ReLU → conv → ReLU → conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 4, 3, 1, 1), nn.Conv2d(4, 4, 3, 2, 1)
+        self.t = nn.ConvTranspose2d(4, 3, 3, 2, 1)
+        self.c, self.d = nn.Conv2d(3, 3, 3, 1, 1), nn.Conv2d(3, 2, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.t(torch.relu(self.b(torch.relu(self.a(x))))))
+        return self.d(torch.relu(self.c(h)))
+
+
+def test_a_run_cut_at_a_piece_with_no_symbol_gets_lipsdp_fft_on_both_sides() -> None:
+    torch.manual_seed(5)
+    net = _ChainThroughTranspose().eval()
+    graph = load(_onnx(net, (1, 2, 8, 8)))
+    walked = walk(graph, Settings(exact_limit=0, power_iterations=30))
+    product = walked.output_bound(graph, walked.upper)
+    result = blocks_bound(graph, walked.bounds, Limits(max_order=100, search_seconds=10.0))
+    assert result.certified and result.value is not None and result.value < product
+    methods = [(b["first"], b["method"]) for b in result.detail["blocks"]]
+    assert [m for _, m in methods].count("lipsdp-fft") == 2, methods
+    assert any(m == "product" and "ConvTranspose" in first for first, m in methods), methods
+    assert _max_jacobian_norm(net, (1, 2, 8, 8), 11) <= result.value

@@ -322,6 +322,9 @@ def _chain_run(graph: Graph, run: Sequence[Piece], bounds: Mapping[str, tuple[An
         fft = _fft_chain(graph, run, bounds, limits, start)
         if fft is not None:
             return fft
+        split = _fft_segments(graph, run, bounds, limits, start, on_piece, chain_cls, lipsdp_fn)
+        if split is not None:
+            return split
     for window in windows:
         results.extend(_chain_window(graph, window, bounds, limits, start, on_piece, chain_cls, lipsdp_fn))
     if len(windows) > 1 and any(p.kind == "activation" for p in run) and any(p.kind == "linear" for p in run):
@@ -329,6 +332,42 @@ def _chain_run(graph: Graph, run: Sequence[Piece], bounds: Mapping[str, tuple[An
             int(math.prod(graph.shape(p.entry))) for p in run if p.kind == "activation")
         note = f"the chain's LMI of order {order} is over the limit {limits.max_order}: {len(windows)} windows"
         results[0].note = f"{results[0].note}; {note}" if results[0].note else note
+    return results
+
+
+def _conv_segments(graph: Graph, run: Sequence[Piece]) -> list[list[Piece]]:
+    """The run cut around its linear pieces that are not one Conv (+ BatchNormalization, a constant Pad before it),
+    e.g. a ConvTranspose or a pooling: each of those alone, the stretches between them as they are."""
+    from lipcheck.bound.methods.fourier import _spec
+
+    segments: list[list[Piece]] = [[]]
+    for piece in run:
+        if piece.kind == "linear" and isinstance(_spec(graph, list(piece.nodes), piece.entry, piece.exit), str):
+            segments.extend([[piece], []])
+        else:
+            segments[-1].append(piece)
+    return [seg for seg in segments if seg]
+
+
+def _fft_segments(graph: Graph, run: Sequence[Piece], bounds: Mapping[str, tuple[Any, tuple[int, ...]]],
+                  limits: Limits, start: float, on_piece: Callable[[str], None] | None,
+                  chain_cls: Any, lipsdp_fn: Any) -> list[PieceResult] | None:
+    """A run that is not one lipsdp-fft chain, cut by :func:`_conv_segments`: each stretch of convs and activations
+    by lipsdp-fft where it applies, the rest window by window. None when no stretch is a chain (the caller's
+    windows then span the whole run)."""
+    segments = _conv_segments(graph, run)
+    if len(segments) < 2:
+        return None
+    ffts = [_fft_chain(graph, seg, bounds, limits, start) if len(seg) > 2 else None for seg in segments]
+    if all(f is None for f in ffts):
+        return None
+    results: list[PieceResult] = []
+    for seg, fft in zip(segments, ffts, strict=True):
+        if fft is not None:
+            results.extend(fft)
+            continue
+        for window in _windows(graph, seg, limits.max_order):
+            results.extend(_chain_window(graph, window, bounds, limits, start, on_piece, chain_cls, lipsdp_fn))
     return results
 
 

@@ -86,12 +86,53 @@ class ConvSpec:
         return tuple(out)
 
 
+def _spatial_pads(node: Node, graph: Graph) -> tuple[list[int], list[int]] | None:
+    """A constant-mode Pad that pads only the spatial dims (by amounts ≥ 0) of a 3-D+ tensor: (begins, ends) per
+    spatial dim; None for anything else. Its value only adds a constant: the linear part is zero padding."""
+    if node.op_type != "Pad" or str(node.attr("mode", "constant")) != "constant" or not node.inputs:
+        return None
+    shape = graph.shape(node.inputs[0])
+    if shape is None or len(shape) < 3:
+        return None
+    rank = len(shape)
+    if len(node.inputs) > 1 and node.inputs[1]:
+        if node.inputs[1] not in graph.constants:
+            return None
+        pads = [int(v) for v in np.asarray(graph.constants[node.inputs[1]]).reshape(-1)]
+    else:
+        pads = [int(v) for v in node.attr("pads", [])]
+    if any(name and name not in graph.constants for name in node.inputs[2:3]):
+        return None  # a pad value computed at run time
+    axes = list(range(rank))
+    if len(node.inputs) > 3 and node.inputs[3]:
+        if node.inputs[3] not in graph.constants:
+            return None
+        axes = [int(a) % rank for a in np.asarray(graph.constants[node.inputs[3]]).reshape(-1)]
+    if len(pads) != 2 * len(axes):
+        return None
+    begins, ends = [0] * rank, [0] * rank
+    for a, b, e in zip(axes, pads[:len(axes)], pads[len(axes):]):
+        begins[a], ends[a] = b, e
+    if begins[:2] != [0, 0] or ends[:2] != [0, 0] or min(begins + ends) < 0:
+        return None
+    return begins[2:], ends[2:]
+
+
 def _spec(graph: Graph, nodes: list[Node], entry: str, exit_: str) -> ConvSpec | str:
-    """``nodes`` (a Conv reading ``entry``, optionally then a BatchNormalization, ending in ``exit_``) as a ConvSpec."""
+    """``nodes`` (a Conv reading ``entry``, optionally then a BatchNormalization, ending in ``exit_``) as a ConvSpec.
+    A constant Pad of the spatial dims before the Conv is taken in as more zero padding (its value, a constant,
+    does not change the map's linear part)."""
     from lipcheck.bound.methods.linear import linear_reason
     from lipcheck.rules.linear import _conv_geometry, batchnorm_scale
     from lipcheck.rules.registry import NoGlobalConstant, RuleContext
 
+    extra: tuple[list[int], list[int]] | None = None
+    if nodes and nodes[0].op_type == "Pad" and len(nodes) > 1:
+        extra = _spatial_pads(nodes[0], graph)
+        if (extra is None or nodes[0].inputs[0] != entry or nodes[1].inputs[0] != nodes[0].outputs[0]
+                or linear_reason(nodes[0], graph)):
+            return "a Pad before the conv that is not a constant padding of the spatial dims"
+        entry, nodes = nodes[0].outputs[0], nodes[1:]
     if not nodes or nodes[0].op_type != "Conv" or len(nodes) > 2 or (
             len(nodes) == 2 and nodes[1].op_type != "BatchNormalization"):
         return "a branch is not one Conv (+ BatchNormalization)"
@@ -123,8 +164,14 @@ def _spec(graph: Graph, nodes: list[Node], entry: str, exit_: str) -> ConvSpec |
         full = full * scale.reshape(-1, *([1] * (full.ndim - 1)))
         rel += 8.0 * EPS64  # γ/√(var + eps): a sum, a square root, a division; then one product
     out_spatial = tuple(int(v) for v in graph.shape(conv.outputs[0])[2:])
-    return ConvSpec(full, rel, tuple(geom.strides), tuple(geom.dilations), tuple(geom.pads_begin),
-                    tuple(geom.input_spatial), out_spatial)
+    pads_begin, n_in = tuple(geom.pads_begin), tuple(geom.input_spatial)
+    if extra is not None:
+        begins, ends = extra
+        if len(begins) != len(n_in):
+            return "a Pad before the conv that is not a constant padding of the spatial dims"
+        pads_begin = tuple(p + b for p, b in zip(pads_begin, begins))
+        n_in = tuple(n - b - e for n, b, e in zip(n_in, begins, ends))
+    return ConvSpec(full, rel, tuple(geom.strides), tuple(geom.dilations), pads_begin, n_in, out_spatial)
 
 
 def _symbols(spec: ConvSpec, phases_in: tuple[int, ...], grid: tuple[int, ...], freqs: np.ndarray,
