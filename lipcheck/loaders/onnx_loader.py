@@ -313,6 +313,44 @@ def _classify(
     return const_names, origins, fold_nodes, live_nodes
 
 
+def _materialize_shape_parameters(
+    model: onnx.ModelProto,
+    live_nodes: Sequence[onnx.NodeProto],
+    const_names: set[str],
+    fold_nodes: list[onnx.NodeProto],
+    stored: Mapping[str, np.ndarray],
+    shapes: Mapping[str, tuple[int, ...]],
+    label: str,
+) -> bool:
+    """Where onnx's shape inference left a live tensor's shape unknown although the integer parameters its node
+    reads (a Reshape's target, a Slice's bounds, an Expand's shape) fold to constants that its data propagation did
+    not compute (Shape → Gather → Concat chains): store those constants as initializers, drop the nodes that
+    computed them, and let the caller infer again. The shapes then inferred are static facts of the graph (from
+    constants and the fixed input shapes), never one run's values, so a Shape node that reads them folds soundly.
+    True when anything was stored."""
+    wanted: set[str] = set()
+    for node in live_nodes:
+        if all(not o or o in shapes for o in node.output):
+            continue
+        wanted.update(i for i in node.input[1:] if i and i in const_names and i not in stored)
+    if not wanted:
+        return False
+    values = _evaluate_constants(model, fold_nodes, sorted(wanted), label, values=stored)
+    ints = {n: v for n, v in values.items()
+            if np.asarray(v).dtype.kind in "iu" and np.asarray(v).size <= 64}  # shape-like parameters only
+    g = model.graph
+    producers = [n for n in g.node if any(o in ints for o in n.output)]
+    # a producer is dropped only when every output it has is stored in its place
+    producers = [n for n in producers if all(not o or o in ints for o in n.output)]
+    if not producers:
+        return False
+    for node in producers:
+        g.node.remove(node)
+    stored_now = {o for n in producers for o in n.output if o}
+    g.initializer.extend(numpy_helper.from_array(np.asarray(ints[n]), n) for n in sorted(stored_now))
+    return True
+
+
 def _inline_ifs(
     model: onnx.ModelProto,
     live_nodes: Sequence[onnx.NodeProto],
@@ -386,7 +424,11 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, input_shape: Inp
             t.name: external[t.name] if t.name in external else numpy_helper.to_array(t) for t in g.initializer
         }
         const_names, origins, fold_nodes, live_nodes = _classify(g, stored, shapes)
-        if _round == _MAX_INLINE_ROUNDS or not _inline_ifs(model, live_nodes, const_names, fold_nodes, stored, label):
+        if _round == _MAX_INLINE_ROUNDS:
+            break
+        if _inline_ifs(model, live_nodes, const_names, fold_nodes, stored, label):
+            continue
+        if not _materialize_shape_parameters(model, live_nodes, const_names, fold_nodes, stored, shapes, label):
             break
 
     graph_inputs = [vi for vi in g.input if vi.name not in stored]
