@@ -22,6 +22,7 @@ from lipcheck.bound.methods.linear import materialize
 from lipcheck.bound.methods.residual import split_block
 from lipcheck.bound.walker import walk
 from lipcheck.ir.canonicalize import fold_batchnorm
+from lipcheck.ir.graph import Graph
 from lipcheck.report.model import Settings
 
 
@@ -348,31 +349,36 @@ def test_hostile_scales_never_certify_too_low(exponent: int) -> None:
 def test_chain_with_a_pooling_head_bounds_every_slope_pattern() -> None:
     """conv → ReLU → conv (stride 2) → ReLU → GlobalAveragePool → Flatten → Gemm: the head is a symbol at ω = 0 only;
     the certificate is ≥ ‖G·pool·D₂W₂D₁W₁‖ of the real operators for many patterns, and below the product."""
-    from lipcheck.bound.methods.fourier_chain import build_chain, certify_chain
-
     torch.manual_seed(4)
     net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, stride=2, padding=1), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).eval()
-    model = _onnx(net, (1, 2, 7, 7))
-    graph = fold_batchnorm(load(model))
+    graph = fold_batchnorm(load(_onnx(net, (1, 2, 7, 7))))
+    assert [p.kind for p in decompose(graph)][-1] == "linear"
+    certified, worst, product = _chain_against_relu_patterns(graph, 60, seed=0)
+    assert worst <= certified < product
+    assert _max_jacobian_norm(net, (1, 2, 7, 7), 3) <= certified
+
+
+def _chain_against_relu_patterns(graph: Graph, patterns: int, seed: int) -> tuple[float, float, float]:
+    """(lipsdp-fft's certificate of the whole graph as one chain, max ‖W_k D … D W_1‖ of the real pieces' dense
+    operators over ``patterns`` 0/1 slope patterns D (the first all ones), the product of their norms)."""
+    from lipcheck.bound.methods.fourier_chain import build_chain, certify_chain
+
     pieces = decompose(graph)
-    assert [p.kind for p in pieces][-1] == "linear"
     chain = build_chain(graph, pieces)
     assert not isinstance(chain, str), chain
     result = certify_chain(chain)
     assert not isinstance(result, str), result
     mats = [materialize(graph, p.nodes, p.entry, p.exit, 2**30).matrix for p in pieces if p.kind == "linear"]
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     worst = 0.0
-    for i in range(60):
+    for i in range(patterns):
         op = mats[0]
         for w in mats[1:]:
-            d = np.ones(op.shape[0]) if i == 0 else (rng.random(op.shape[0]) < 0.5).astype(float)
+            d = np.ones(op.shape[0]) if i == 0 else (rng.random(op.shape[0]) < 0.5).astype(np.float64)
             op = w @ (d[:, None] * op)
         worst = max(worst, float(np.linalg.norm(op, 2)))
-    product = math.prod(float(np.linalg.norm(w, 2)) for w in mats)
-    assert worst <= result[0] < product
-    assert _max_jacobian_norm(net, (1, 2, 7, 7), 3) <= result[0]
+    return result[0], worst, math.prod(float(np.linalg.norm(w, 2)) for w in mats)
 
 
 class _PadChain(nn.Module):
@@ -388,30 +394,14 @@ class _PadChain(nn.Module):
 
 
 def test_a_constant_pad_before_a_conv_is_taken_in_as_its_zero_padding() -> None:
-    from lipcheck.bound.methods.fourier_chain import build_chain, certify_chain
-
     torch.manual_seed(3)
     net = _PadChain().eval()
     graph = load(_onnx(net, (1, 2, 7, 7)))
-    pieces = decompose(graph)
-    assert any(n.op_type == "Pad" for p in pieces for n in p.nodes)
-    chain = build_chain(graph, pieces)
-    assert not isinstance(chain, str), chain
-    result = certify_chain(chain)
-    assert not isinstance(result, str), result
-    # the dense operators of the real pieces (the Pad's zero padding and the conv's, together)
-    mats = [materialize(graph, p.nodes, p.entry, p.exit, 2**30).matrix for p in pieces if p.kind == "linear"]
-    rng = np.random.default_rng(1)
-    worst = 0.0
-    for i in range(40):
-        op = mats[0]
-        for w in mats[1:]:
-            d = np.ones(op.shape[0]) if i == 0 else (rng.random(op.shape[0]) < 0.5).astype(np.float64)
-            op = w @ (d[:, None] * op)
-        worst = max(worst, float(np.linalg.norm(op, 2)))
-    product = math.prod(float(np.linalg.norm(w, 2)) for w in mats)
-    assert worst <= result[0] < product
-    assert _max_jacobian_norm(net, (1, 2, 7, 7), 4) <= result[0]
+    assert any(n.op_type == "Pad" for p in decompose(graph) for n in p.nodes)
+    # against the dense operators of the real pieces (the Pad's zero padding and the conv's, together)
+    certified, worst, product = _chain_against_relu_patterns(graph, 40, seed=1)
+    assert worst <= certified < product
+    assert _max_jacobian_norm(net, (1, 2, 7, 7), 4) <= certified
 
 
 def test_a_pad_that_is_not_zero_padding_of_the_spatial_dims_is_refused() -> None:
