@@ -15,7 +15,7 @@ until the time budget is used (:class:`~lipcheck.bound.jacobian.Clock`), as a fi
 - a **pair ascent** (Adam, float64) on ``log ||f(x + d) - f(x)|| - log ||d||``, started at the best
   unused Jacobian point with ``d = small * v_top`` or at a random pair; only the ratio re-measured by a plain
   forward pass at its best pair counts.
-- on nets with more piecewise-linear units than a climb can handle, or with max-pools, an **annealed ascent**:
+- on nets with piecewise-linear activations or max-pools (climbing or not), an **annealed ascent**:
   the same pair ascent on smoothed surrogates of the net (:mod:`lipcheck.bound.smoothing`: softplus for ReLU,
   log-sum-exp over each max-pool window, ...), their temperature lowered stage by stage, from the best point
   so far or a fresh one; then ``||J(x)||_2`` and the ratio **of the real net** where it ended are measured, and
