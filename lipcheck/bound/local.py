@@ -647,11 +647,13 @@ def region_lower_bound(graph: Graph, box: Mapping[str, tuple[np.ndarray, np.ndar
     points = 0
     k = 0
     while not clock.expired():
-        if best_x is None or k % 2 == 0:
+        if best_x is None or k % 3 == 0:
             x = inner_lo + (inner_hi - inner_lo) * rng.random(f.n)
         else:
             x = np.clip(best_x + 0.05 * width * rng.standard_normal(f.n), inner_lo, inner_hi)
         v0 = rng.standard_normal(f.n)
+        if k % 3 == 2:  # an annealed pair ascent from there, kept in the box (the point measured is the real net's)
+            x = _box_ascent(f, graph, kinks, x, v0, inner_lo, inner_hi, clock)
         k += 1
         lin = Linearization(f, torch.from_numpy(x), keep=keep)
         spec = spectral_norm_at(lin, torch.from_numpy(v0 / np.linalg.norm(v0)), clock, iterations=power_iterations)
@@ -664,6 +666,40 @@ def region_lower_bound(graph: Graph, box: Mapping[str, tuple[np.ndarray, np.ndar
             best, best_x = float(spec.sigma), x
     note = None if points else "no lower bound in the region: the budget ended before a point was measured"
     return RegionLower(best, points, time.perf_counter() - start, note)
+
+
+def _box_ascent(f: Any, graph: Graph, kinks: Any, x0: np.ndarray, v0: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                clock: Any, steps: int = 50) -> np.ndarray:
+    """Where a pair ascent on ``log‖f(x + d) − f(x)‖ − log‖d‖`` started at ``x0`` (``d`` along ``v0``) ends, both
+    points kept in [lo, hi]: annealed on smoothed stand-ins of the net when it has kinks or max-pools (as the
+    global search does, :mod:`lipcheck.bound.smoothing`), plain otherwise. Only a point comes back: the caller
+    measures the real net there."""
+    import torch
+
+    from lipcheck.bound.lower import _ANNEAL_FACTORS
+    from lipcheck.bound.pairs import ascend, rms
+    from lipcheck.bound.smoothing import smoothable, smoothed
+
+    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
+
+    def project(x: torch.Tensor, d: torch.Tensor) -> None:
+        torch.clamp(x, lo_t, hi_t, out=x)
+        d.copy_(torch.clamp(x + d, lo_t, hi_t) - x)
+
+    nodes = smoothable(graph, kinks)
+    x = torch.from_numpy(x0.copy())
+    d = torch.from_numpy(1e-3 * float(np.sqrt(np.mean((hi - lo) ** 2))) * v0 / max(np.linalg.norm(v0), 1e-300))
+    project(x, d)
+    for factor in _ANNEAL_FACTORS if nodes else (None,):
+        if clock.expired():
+            break
+        target = f
+        if factor is not None:
+            with torch.no_grad():
+                _, kept = f.run(x, keep=[item.z for item in nodes])
+            target = smoothed(f, graph, nodes, {name: rms(t) for name, t in kept.items()}, factor)
+        _, x, d, _ = ascend(target, x, d, steps, clock, project=project)
+    return x.detach().numpy().clip(lo, hi)
 
 
 # ------------------------------------------------------------------------------------------------ the region

@@ -5,6 +5,7 @@ constant."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -54,10 +55,12 @@ def rms(t: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(t)) / math.sqrt(max(t.numel(), 1))
 
 
-def ascend(f: Flat, x0: torch.Tensor, d0: torch.Tensor, steps: int, clock: Clock
-            ) -> tuple[float, torch.Tensor, torch.Tensor, int]:
+def ascend(f: Flat, x0: torch.Tensor, d0: torch.Tensor, steps: int, clock: Clock,
+           project: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+           ) -> tuple[float, torch.Tensor, torch.Tensor, int]:
     """Adam ascent on log ||f(x + d) - f(x)|| - log ||d|| over (x, d), step sizes 1% of the starting rms of x
-    and of d; returns the best (ratio, x, d) seen and the number of steps done."""
+    and of d; returns the best (ratio, x, d) seen and the number of steps done. ``project(x, d)`` (in place) keeps
+    the pair where it must stay (a region's box) after every step."""
     x, d = x0.detach().clone(), d0.detach().clone()
     adam = _Adam([x, d], [1e-2 * max(rms(x0), 1e-2), 1e-2 * max(rms(d0), 1e-12)])
     best, best_x, best_d = math.nan, x0, d0
@@ -85,4 +88,6 @@ def ascend(f: Flat, x0: torch.Tensor, d0: torch.Tensor, steps: int, clock: Clock
             d_norm = float(torch.linalg.vector_norm(d))
             if 0 < d_norm < floor:
                 d.mul_(floor / d_norm)
+            if project is not None:
+                project(x, d)
     return best, best_x, best_d, done
