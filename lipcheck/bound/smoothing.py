@@ -85,7 +85,7 @@ def _kink_op(kink: Kink, tau: float) -> OpFn:
 
 def _max_pool_op(tau: float) -> OpFn:
     """τ·log Σ exp(u/τ) over each window (its pads hold -inf, as MaxPool's), shifted by the channel's max;
-    never below the window's max (where every term underflowed)."""
+    never below the window's max (where every term underflowed); finite gradients at every τ."""
 
     def op(node: Node, x: list[torch.Tensor | None], ctx: EvalContext) -> torch.Tensor:
         X = x[0]
@@ -96,7 +96,9 @@ def _max_pool_op(tau: float) -> OpFn:
         shift = X.detach().flatten(2).amax(-1).reshape(*X.shape[:2], *([1] * (X.dim() - 2)))
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
         E = torch_eval._pad_dims(torch.exp((X - shift) / tau), 2, begins, needed, value=0.0)
-        sums = torch_eval._window_sum(E, k, s, d)
+        # a window whose every term underflowed sums to 0: floored (clamp_min passes no gradient there, so its
+        # log's infinite slope never meets the zero weight of the max below, which would make a NaN)
+        sums = torch_eval._window_sum(E, k, s, d).clamp_min(1e-300)
         soft = shift + tau * torch.log(sums)
         return torch.maximum(soft, hard)
 

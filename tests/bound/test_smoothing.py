@@ -171,3 +171,18 @@ def test_the_region_search_never_leaves_the_box(name: str, box: tuple[float, flo
                               lower_bound=False)
     assert report.local is not None and report.local.upper_bound is not None
     assert result.value <= report.local.upper_bound
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_surrogate_gradients_stay_finite_at_every_temperature(pool: dict[str, object]) -> None:
+    """At a small τ most max-pool windows underflow below the channel's max: their log must not turn the ascent's
+    gradient into NaN (which stops it)."""
+    _, f, (graph, nodes) = _setup(pool)
+    x = torch.from_numpy(10.0 * np.random.default_rng(3).standard_normal(f.n))
+    with torch.no_grad():
+        _, kept = f.run(x, keep=[n.z for n in nodes])
+    scales = {name: float(t.pow(2).mean().sqrt()) for name, t in kept.items()}
+    for factor in (0.5, 1e-2, 1e-3, 1e-6):
+        xg = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(smoothed(f, graph, nodes, scales, factor)(xg).sum(), xg)
+        assert bool(torch.isfinite(grad).all()), factor
