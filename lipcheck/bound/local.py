@@ -609,11 +609,12 @@ class RegionLower:
 
 
 def region_lower_bound(graph: Graph, box: Mapping[str, tuple[np.ndarray, np.ndarray]], *, seconds: float,
-                       seed: int = 0, power_iterations: int = 50) -> RegionLower:
+                       seed: int = 0, power_iterations: int = 50, max_steps: int | None = None) -> RegionLower:
     """A true lower bound on the Lipschitz constant of the model restricted to the box: ‖J(x)‖₂ at points strictly
     inside it (a point inside has a neighbourhood in the box, so ‖J(x)‖ is a limit of ratios of pairs in the
     region), drawn uniformly and then around the best point so far (kept inside), for ``seconds``. On nets with
-    piecewise-linear activations only points clear of every breakpoint count (J is defined there)."""
+    piecewise-linear activations only points clear of every breakpoint count (J is defined there). ``max_steps``
+    caps the steps (the same run on any machine)."""
     import time
 
     import torch
@@ -641,7 +642,7 @@ def region_lower_bound(graph: Graph, box: Mapping[str, tuple[np.ndarray, np.ndar
     kinks = find_kinks(graph)
     keep = kink_names(kinks)
     rng = np.random.default_rng(seed)
-    clock = Clock(seconds, margin=min(0.2, 0.05 * seconds))
+    clock = Clock(seconds, margin=min(0.2, 0.05 * seconds), max_steps=max_steps)
     best: float | None = None
     best_x: np.ndarray | None = None
     points = 0

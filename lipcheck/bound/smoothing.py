@@ -30,6 +30,7 @@ from lipcheck.ir.graph import Graph, Node
 __all__ = ["Smoothable", "smoothable", "smoothed"]
 
 _SOFTPLUS_THRESHOLD = 20.0  # softplus(z/τ) is z/τ beyond this (torch's default)
+_FLOOR = 1e-300  # a max-pool window's sum of exponentials below this: the window's max stands in
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,11 @@ def _max_pool_op(tau: float) -> OpFn:
         shift = X.detach().flatten(2).amax(-1).reshape(*X.shape[:2], *([1] * (X.dim() - 2)))
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
         E = torch_eval._pad_dims(torch.exp((X - shift) / tau), 2, begins, needed, value=0.0)
-        # a window whose every term underflowed sums to 0: floored (clamp_min passes no gradient there, so its
-        # log's infinite slope never meets the zero weight of the max below, which would make a NaN)
-        sums = torch_eval._window_sum(E, k, s, d).clamp_min(1e-300)
-        soft = shift + tau * torch.log(sums)
+        # a window whose every term underflowed is the max itself; its log is taken of a floored sum (clamp_min
+        # passes no gradient below the floor), so the log's infinite slope never meets the zero weight the
+        # selection gives it, which would make the ascent's gradient NaN
+        sums = torch_eval._window_sum(E, k, s, d)
+        soft = torch.where(sums > _FLOOR, shift + tau * torch.log(sums.clamp_min(_FLOOR)), hard)
         return torch.maximum(soft, hard)
 
     return op

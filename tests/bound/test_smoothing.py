@@ -162,7 +162,7 @@ def test_the_region_search_never_leaves_the_box(name: str, box: tuple[float, flo
     monkeypatch.setattr(Flat, "run", recording)
     lo, hi = box
     floats = {i.name: (lo, hi) for i in graph.inputs}
-    result = local.region_lower_bound(graph, floats, seconds=3.0, seed=0)
+    result = local.region_lower_bound(graph, floats, seconds=600.0, seed=0, max_steps=400)  # 2 ascents at least
     monkeypatch.undo()
     assert result.value is not None and len(seen) > 100
     worst_out = max(float(torch.clamp(lo - z, min=0).max() + torch.clamp(z - hi, min=0).max()) for z in seen)
