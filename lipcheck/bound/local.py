@@ -597,6 +597,34 @@ def local_bound(graph: Graph, walked: WalkResult, intervals: Mapping[str, Any],
     return result
 
 
+LOCAL_CHAIN_ITERATIONS = 100  # the region's multiplier search (one region: worth a search; points use 0)
+
+
+def local_chain_bound(graph: Graph, intervals: Mapping[str, Any], *, iterations: int = 0,
+                      time_limit: float = 10.0) -> float | None:
+    """The lipsdp method on the model's MLP chain restricted to the region (:func:`find_chain` with ``restrict``:
+    activations constant on the region drop out, slope intervals shrink to the region's slopes); certified like the
+    global one, valid on the region only. None when the model is not such a chain or nothing is certified.
+    ``iterations`` 0 is ECLipsE-Fast's closed-form multipliers, certified (milliseconds on small MLPs)."""
+    from lipcheck.bound.methods.chain import find_chain
+    from lipcheck.bound.methods.lipsdp import lipsdp, product_bound
+
+    ranges = _Ranges(intervals)
+    found = find_chain(graph, restrict=lambda node: element_slopes(node, graph, ranges))
+    if isinstance(found, str):
+        return None
+    chain, factor = found
+    if any(w.size == 0 for w in chain.weights):
+        return 0.0  # every path crosses an activation that is constant on the region
+    result = lipsdp(chain, iterations=iterations, time_limit=time_limit)
+    value = result.value if result.value is not None else None
+    prod = product_bound(chain)
+    value = prod if value is None else min(value, prod)
+    if not math.isfinite(value):
+        return None
+    return value * factor * (1.0 + 4.0 * EPS64) if factor != 1.0 and value > 0 else value
+
+
 # ---------------------------------------------------------------------------------------- the lower bound inside
 
 
@@ -791,16 +819,19 @@ def analyze_region(graph: Graph, walked: WalkResult, box: Mapping[str, tuple[Any
     """The report's :class:`~lipcheck.report.model.LocalBound` for the box."""
     import time
 
-    from lipcheck.bound.ranges import propagate
+    from lipcheck.bound.symbolic import symbolic_ranges
     from lipcheck.report.model import LocalBound
 
     start = time.perf_counter()
-    ranges = propagate(graph, {k: (np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
-                               for k, (lo, hi) in box.items()})
+    ranges = symbolic_ranges(graph, {k: (np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
+                                     for k, (lo, hi) in box.items()})
     local = local_bound(graph, walked, ranges.intervals)
     # the global bound (any method's) holds on the region too
     method = "local"
     value = local.value
+    chained = local_chain_bound(graph, ranges.intervals, iterations=LOCAL_CHAIN_ITERATIONS)
+    if chained is not None and chained < value:
+        value, method = chained, "local lipsdp"
     if global_bound is not None and global_bound < value:
         value, method = global_bound, f"global ({global_method or 'product'})"
     value = value if math.isfinite(value) else None
@@ -880,7 +911,7 @@ def analyze_points(graph: Graph, walked: WalkResult, points: np.ndarray, radius:
     import torch
 
     from lipcheck.bound.jacobian import Clock, Flat, Linearization, spectral_norm_at
-    from lipcheck.bound.ranges import propagate
+    from lipcheck.bound.symbolic import symbolic_ranges
     from lipcheck.bound.torch_eval import TorchEvaluator
     from lipcheck.report.model import AroundResult, PointResult
 
@@ -900,9 +931,13 @@ def analyze_points(graph: Graph, walked: WalkResult, points: np.ndarray, radius:
     results = []
     dense: dict[str, Any] = {}  # materialized convs, shared by every point
     for k, x in enumerate(points):
-        ranges = propagate(graph, {name: (x - radius, x + radius)})
+        ball = (name, x, radius) if norm == "2" else None
+        ranges = symbolic_ranges(graph, {name: (x - radius, x + radius)}, ball=ball)
         local = local_bound(graph, walked, ranges.intervals, dense)
         value = local.value
+        chained = local_chain_bound(graph, ranges.intervals)
+        if chained is not None and chained < value:
+            value = chained
         if global_bound is not None and global_bound < value:
             value = global_bound
         upper = value if math.isfinite(value) else None

@@ -12,7 +12,7 @@ Gemm's alpha factors out of the chain (scalars commute with the diagonal slope m
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -40,13 +40,20 @@ def masked_node(graph: Graph) -> str | None:
     return None
 
 
-def find_chain(graph: Graph) -> tuple[Chain, float] | str:
-    """(chain, factor) with L(model) ≤ factor·L(chain), or the reason the graph is not such a chain."""
+def find_chain(graph: Graph, restrict: Callable[[Node], np.ndarray | None] | None = None
+               ) -> tuple[Chain, float] | str:
+    """(chain, factor) with L(model) ≤ factor·L(chain), or the reason the graph is not such a chain.
+
+    ``restrict`` (local bounds on a region): activation node -> per-element bounds d on |φ'| over the region (the
+    node's output shape; None: no restriction). Where one activation alone sits between W_i and W_{i+1}, its
+    elements with d = 0 in every row are constant on the region and are dropped (rows of W_i, columns of W_{i+1}:
+    the restricted weight matrices of Local-Lip), and a slope interval [α, β] with α ≥ 0 becomes [α, min(β, max d)].
+    The chain then bounds the model on the region only."""
     float_inputs = graph.float_inputs
     if len(float_inputs) != 1 or len(graph.outputs) != 1:
         return "the chain method needs one float input and one output"
     current = float_inputs[0].name
-    items: list[tuple[str, Any]] = []  # ("W", matrix) or ("φ", (α, β))
+    items: list[tuple[str, Any, Node]] = []  # ("W", matrix) or ("φ", (α, β)), and the node
     factor = 1.0
     masked = masked_node(graph)
     if masked is not None:
@@ -63,33 +70,49 @@ def find_chain(graph: Graph) -> tuple[Chain, float] | str:
         kind, value, scale = step
         factor *= scale
         if kind != "shape":
-            items.append((kind, value))
+            items.append((kind, value, node))
         current = node.outputs[0]
     if current != graph.outputs[0].name:
         return "the path does not end at the model output"
     weights: list[np.ndarray] = []
     slopes: list[tuple[float, float]] = []
+    acts: list[list[Node]] = []  # the activation nodes behind each slope interval
     pending: tuple[float, float] | None = None
+    pending_nodes: list[Node] = []
     dim = _row_size(graph, float_inputs[0].name)
-    for kind, value in items:
+    for kind, value, node in items:
         if kind == "φ":
             pending = value if pending is None else _compose(pending, value)
+            pending_nodes.append(node)
             if not weights:
                 weights.append(np.eye(dim))
             continue
         if weights:
             slopes.append(pending if pending is not None else (1.0, 1.0))
+            acts.append(pending_nodes)
         elif pending is not None:
             return "internal: activation bookkeeping"
-        pending = None
+        pending, pending_nodes = None, []
         if weights and value.shape[1] != weights[-1].shape[0]:
             return "layer sizes do not match"
         weights.append(value)
     if pending is not None:
         slopes.append(pending)
+        acts.append(pending_nodes)
         weights.append(np.eye(weights[-1].shape[0]))
     if not weights:
         return "no linear layer"
+    if restrict is not None:
+        for i, nodes in enumerate(acts):
+            d = restrict(nodes[0]) if len(nodes) == 1 else None
+            if d is None or d.ndim == 0 or d.shape[-1] != weights[i].shape[0]:
+                continue
+            d_vec = np.max(d.reshape(-1, d.shape[-1]), axis=0)  # every row of a batch meets the same W
+            keep = d_vec > 0
+            weights[i], weights[i + 1] = weights[i][keep], weights[i + 1][:, keep]
+            a, b = slopes[i]
+            if a >= 0.0 and keep.any():
+                slopes[i] = (a, max(a, min(b, float(np.max(d_vec[keep])))))
     try:
         return Chain(tuple(weights), tuple(slopes)), factor
     except ValueError as exc:
