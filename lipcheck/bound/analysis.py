@@ -195,9 +195,11 @@ def analyze(
     if points is not None:
         from lipcheck.bound.local import analyze_points
 
-        progress.start(0, f"local bounds around {points.shape[0]} points")
+        count = points.shape[0]
+        progress.start(0, f"local bounds around {count} points")
         around_result = analyze_points(graph, result, points, float(radius), norm,  # type: ignore[arg-type]
-                                       global_bound=tightest(bounds), seed=seed)
+                                       global_bound=tightest(bounds), seed=seed,
+                                       on_point=lambda k: progress.start(0, f"local bounds around point {k + 1}/{count}"))
     progress.finish()
     best = tightest(bounds)
     return Report(

@@ -223,3 +223,27 @@ def test_a_layer_that_is_off_on_the_whole_region_makes_the_local_constant_zero()
     assert local_chain_bound(graph, symbolic_ranges(graph, box).intervals) == 0.0
     report = lipcheck.analyze(net, input_shape=(1, 6), domain=(-0.5, 0.5), lower_bound=False)
     assert report.local is not None and report.local.upper_bound == 0.0
+
+
+def test_a_cnn_becomes_a_restricted_dense_chain_above_every_jacobian_in_the_ball() -> None:
+    from tests.bound.test_local import _Cnn
+
+    net = _Cnn(3, relu=True).eval()
+    graph = lipcheck.load(net, input_shape=(1, 1, 6, 6))
+    name = graph.inputs[0].name
+    ref = _Cnn(3, relu=True).double().eval()
+    rng = np.random.default_rng(8)
+    report = lipcheck.analyze(net, input_shape=(1, 1, 6, 6), lower_bound=False, exact_limit=0)
+    assert report.upper_bound is not None
+    below = 0
+    for k in range(5):
+        center = rng.standard_normal((1, 1, 6, 6))
+        radius = 0.2
+        ranges = symbolic_ranges(graph, {name: (center - radius, center + radius)}, ball=(name, center, radius))
+        value = local_chain_bound(graph, ranges.intervals, iterations=3)
+        assert value is not None  # conv pieces materialized: a chain of dense operators
+        for q in _ball_points(center, radius, 60, seed=k):
+            j = torch.autograd.functional.jacobian(ref, torch.from_numpy(q)).reshape(-1, 36)
+            assert float(torch.linalg.matrix_norm(j, ord=2)) <= value
+        below += value < report.upper_bound
+    assert below == 5

@@ -12,7 +12,7 @@ Gemm's alpha factors out of the chain (scalars commute with the diagonal slope m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,20 +103,35 @@ def find_chain(graph: Graph, restrict: Callable[[Node], np.ndarray | None] | Non
     if not weights:
         return "no linear layer"
     if restrict is not None:
-        for i, nodes in enumerate(acts):
-            d = restrict(nodes[0]) if len(nodes) == 1 else None
-            if d is None or d.ndim == 0 or d.shape[-1] != weights[i].shape[0]:
-                continue
-            d_vec = np.max(d.reshape(-1, d.shape[-1]), axis=0)  # every row of a batch meets the same W
-            keep = d_vec > 0
-            weights[i], weights[i + 1] = weights[i][keep], weights[i + 1][:, keep]
-            a, b = slopes[i]
-            if a >= 0.0 and keep.any():
-                slopes[i] = (a, max(a, min(b, float(np.max(d_vec[keep])))))
+        restrict_chain(weights, None, slopes, acts, restrict, rows=True)
     try:
         return Chain(tuple(weights), tuple(slopes)), factor
     except ValueError as exc:
         return str(exc)
+
+
+def restrict_chain(weights: list[np.ndarray], errors: list[np.ndarray | None] | None,
+                   slopes: list[tuple[float, float]], acts: Sequence[Sequence[Node]],
+                   restrict: Callable[[Node], np.ndarray | None], rows: bool) -> None:
+    """Restrict a chain to a region in place (:func:`find_chain`'s ``restrict``): ``acts[i]`` are the activation
+    nodes between weights[i] and weights[i + 1]; ``rows``: the activation acts on the last axis of each row of a
+    batch (an MLP chain; an element is dropped only where it is constant in every row), else on the whole tensor
+    flattened (a chain of materialized operators). Error bounds are cut like their matrices."""
+    for i, nodes in enumerate(acts):
+        d = restrict(nodes[0]) if len(nodes) == 1 else None
+        if d is None or d.ndim == 0:
+            continue
+        d_vec = np.max(d.reshape(-1, d.shape[-1]), axis=0) if rows else d.reshape(-1)
+        if d_vec.size != weights[i].shape[0]:
+            continue
+        keep = d_vec > 0
+        weights[i], weights[i + 1] = weights[i][keep], weights[i + 1][:, keep]
+        if errors is not None:
+            errors[i] = None if errors[i] is None else errors[i][keep]
+            errors[i + 1] = None if errors[i + 1] is None else errors[i + 1][:, keep]
+        a, b = slopes[i]
+        if a >= 0.0 and keep.any():
+            slopes[i] = (a, max(a, min(b, float(np.max(d_vec[keep])))))
 
 
 def chain_bound(graph: Graph, **options: Any) -> MethodResult | None:
