@@ -197,9 +197,12 @@ def analyze(
 
         count = points.shape[0]
         progress.start(0, f"local bounds around {count} points")
+
+        def on_point(k: int) -> None:
+            progress.start(0, f"local bounds around point {k + 1}/{count}")
+
         around_result = analyze_points(graph, result, points, float(radius), norm,  # type: ignore[arg-type]
-                                       global_bound=tightest(bounds), seed=seed,
-                                       on_point=lambda k: progress.start(0, f"local bounds around point {k + 1}/{count}"))
+                                       global_bound=tightest(bounds), seed=seed, on_point=on_point)
     progress.finish()
     best = tightest(bounds)
     return Report(
