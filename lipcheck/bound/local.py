@@ -971,9 +971,10 @@ def load_points(path: str, graph: Graph) -> np.ndarray:
 def analyze_points(graph: Graph, walked: WalkResult, points: np.ndarray, radius: float, norm: str, *,
                    global_bound: float | None, seed: int = 0, interpolates: int = 32,
                    on_point: Callable[[int], None] | None = None) -> Any:
-    """Per point x: the certified local bound on the ball of ``radius`` around x (norm "2": the box [x − r, x + r]
-    around the ball; "inf": that box itself), ‖J(x)‖₂, and for a classifier (one output of ≥ 2 values) the margin
-    between its top two outputs and the radius certified robust, min(margin / (√2·L), r) (L2; for "inf":
+    """Per point x: the certified local bound on the ball of ``radius`` around x (norm "2": the L2 ball, which the
+    affine forms carry exactly while they fit, else the box [x − r, x + r] around it; "inf": that box itself; the
+    restricted chain's lipsdp value where the model is a chain), ‖J(x)‖₂, and for a classifier (one output of ≥ 2
+    values) the margin between its top two outputs and the radius certified robust, min(margin / (√2·L), r) (L2; for "inf":
     margin / (√2·L·√n)). Also ‖J‖ at random interpolates between pairs of points (what WGAN-GP penalizes)."""
     import time
 
