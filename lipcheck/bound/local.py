@@ -662,8 +662,11 @@ def _dense_chain(graph: Graph, ranges: _Ranges, cache: dict[str, Any]) -> Any:
         if piece.kind == "activation":
             if piece.interval is None:
                 return None
-            pending = piece.interval if pending is None else (
-                min(a * b for a in pending for b in piece.interval), max(a * b for a in pending for b in piece.interval))
+            if pending is not None:
+                products = [a * b for a in pending for b in piece.interval]
+                pending = (min(products), max(products))
+            else:
+                pending = piece.interval
             pending_nodes.extend(piece.nodes)
             if not weights:
                 weights.append(np.eye(int(math.prod(graph.shape(piece.entry)))))
@@ -974,8 +977,8 @@ def analyze_points(graph: Graph, walked: WalkResult, points: np.ndarray, radius:
     """Per point x: the certified local bound on the ball of ``radius`` around x (norm "2": the L2 ball, which the
     affine forms carry exactly while they fit, else the box [x − r, x + r] around it; "inf": that box itself; the
     restricted chain's lipsdp value where the model is a chain), ‖J(x)‖₂, and for a classifier (one output of ≥ 2
-    values) the margin between its top two outputs and the radius certified robust, min(margin / (√2·L), r) (L2; for "inf":
-    margin / (√2·L·√n)). Also ‖J‖ at random interpolates between pairs of points (what WGAN-GP penalizes)."""
+    values) the margin between its top two outputs and the radius certified robust, min(margin / (√2·L), r) (L2;
+    for "inf": margin / (√2·L·√n)). Also ‖J‖ at random interpolates between pairs of points (what WGAN-GP penalizes)."""
     import time
 
     import torch
