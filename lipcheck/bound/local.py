@@ -1009,12 +1009,12 @@ def analyze_points(graph: Graph, walked: WalkResult, points: np.ndarray, radius:
         ball = (name, x, radius) if norm == "2" else None
         ranges = symbolic_ranges(graph, {name: (x - radius, x + radius)}, ball=ball)
         local = local_bound(graph, walked, ranges.intervals, dense)
-        value = local.value
+        value, method = local.value, "local"
         chained = local_chain_bound(graph, ranges.intervals, dense=dense, iterations=POINT_CHAIN_ITERATIONS)
         if chained is not None and chained < value:
-            value = chained
+            value, method = chained, "local lipsdp"
         if global_bound is not None and global_bound < value:
-            value = global_bound
+            value, method = global_bound, "global"
         upper = value if math.isfinite(value) else None
         jnorm, y = jacobian_norm(x)
         margin = certified = None
@@ -1027,7 +1027,7 @@ def analyze_points(graph: Graph, walked: WalkResult, points: np.ndarray, radius:
             elif upper == 0:
                 certified = radius
         results.append(PointResult(k, upper, jnorm, margin, certified,
-                                   local.unbounded[0].node if upper is None and local.unbounded else None))
+                                   local.unbounded[0].node if upper is None and local.unbounded else None, method))
     inter: list[float] = []
     if points.shape[0] >= 2:
         for _ in range(interpolates):

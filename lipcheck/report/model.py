@@ -220,6 +220,7 @@ class PointResult:
     margin: float | None = None
     certified_radius: float | None = None
     unbounded_at: str | None = None
+    method: str = "local"  # what gave upper_bound: "local", "local lipsdp" (the restricted chain) or "global"
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,7 @@ def test_the_restricted_chain_is_above_every_measured_ratio_in_the_ball_and_belo
     assert report.upper_bound is not None
     for p in report.around.points:
         assert p.upper_bound is not None and p.upper_bound < 0.9 * report.upper_bound  # the global lipsdp bound
+        assert p.method == "local lipsdp"
         assert p.jacobian_norm is not None and p.jacobian_norm <= p.upper_bound
         x = torch.from_numpy(points[p.index][None])
         for _ in range(40):
