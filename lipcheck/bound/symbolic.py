@@ -15,7 +15,8 @@ tensor keeps the INTERSECTION of it and the interval rule's own range (both hold
 Linear ops map the forms exactly (their generators through the op's linear part, the bias into the center).
 Relu / LeakyRelu / PRelu (constant slopes) on an element with range [l, u], l < 0 < u, use the chord relaxation:
 for any λ ∈ [0, 1], Relu(x) − λx ∈ [0, max(−λl, (1 − λ)u)] on [l, u], so Relu(x) = λx + h/2 + (h/2)·η_new with
-one new box symbol; stable elements are exact (identity or 0). Every other op gets its outputs' intervals from the
+one new box symbol (or, when the form has no room for more symbols, ± h/2 in the slack); stable elements are
+exact (identity or 0). Every other op gets its outputs' intervals from the
 interval rules (on the tightened inputs) and, when small enough, a fresh form with one new box symbol per element.
 
 Rounding (the model runs in precision u, we compute in float64 of unit roundoff u₆₄):
@@ -439,8 +440,13 @@ class _Pass:
         k_old = 0 if f.box is None else f.box.shape[0]
         k = max(self.box_symbols, k_old) + idx.size
         kb = 0 if f.ball is None else f.ball.shape[0]
+        consolidate = False
         if not self.fits(k + kb, lo.size):
-            return None
+            # no room for one symbol per unstable element: their ±h/2 go into the slack instead (independent per
+            # element, as sound, only without the cancellations later layers could find)
+            if not self.fits(k_old + kb, lo.size):
+                return None
+            consolidate, k, idx = True, k_old, idx[:0]
         c = slope * f.c + half
         ball = None if f.ball is None else f.ball * slope
         box = _pad_box(None if f.box is None else f.box * slope, k, lo.shape) if k else None
@@ -449,6 +455,8 @@ class _Pass:
             flat[k - idx.size + np.arange(idx.size), idx] = half.reshape(-1)[idx]
             self.box_symbols = k
         s = slope * f.s + 4.0 * U64 * (np.abs(c) + slope * f.magnitude()) + 2.0 * self.prec.tiny
+        if consolidate:
+            s = s + half * (1.0 + 4.0 * U64)
         if node.op_type != "Relu":  # α·x rounds once in the model (Relu itself is exact)
             s = s + 2.0 * self.prec.u * alpha * self._input_mag
         return Form(c, ball, box, s)

@@ -248,3 +248,41 @@ def test_a_cnn_becomes_a_restricted_dense_chain_above_every_jacobian_in_the_ball
             assert float(torch.linalg.matrix_norm(j, ord=2)) <= value
         below += value < report.upper_bound
     assert below == 5
+
+
+def test_relaxation_errors_go_to_the_slack_when_symbols_do_not_fit(tmp_path: Path) -> None:
+    """A budget with room for the ball's symbols but not one per unstable ReLU: the forms survive (tighter than
+    intervals), sound, and no tighter than with the symbols."""
+    import lipcheck.bound.symbolic as symbolic
+
+    net = _Relu((20, 40, 30, 5), seed=2).eval()
+    path = tmp_path / "relu.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 20),), str(path), dynamo=False, opset_version=17)
+    model = onnx.load(str(path))
+    graph = lipcheck.load(str(path))
+    name = graph.inputs[0].name
+    center = np.random.default_rng(3).standard_normal((1, 20))
+    radius = 0.5
+    box = {name: (center - radius, center + radius)}
+    full = symbolic_ranges(graph, box, ball=(name, center, radius))
+    calls = []
+    relu = symbolic._Pass.relu
+
+    def spy(self: object, node: object, f: symbolic.Form) -> symbolic.Form | None:
+        out = relu(self, node, f)
+        before = 0 if f.box is None else f.box.shape[0]
+        calls.append(out is not None and (out.box is None or out.box.shape[0] == before))
+        return out
+
+    symbolic._Pass.relu = spy  # type: ignore[method-assign]
+    try:
+        tight = symbolic_ranges(graph, box, ball=(name, center, radius), max_entries=40 * 20 + 10)
+    finally:
+        symbolic._Pass.relu = relu  # type: ignore[method-assign]
+    assert calls and all(calls)  # every Relu kept a form, with no new symbol
+    base = propagate(graph, box)
+    _inside(base, tight)
+    _check_ball(model, graph, tight, name, center, radius, seed=5)
+    out = graph.outputs[0].name
+    assert np.all(tight[out].hi - tight[out].lo >= full[out].hi - full[out].lo - 1e-12)
+    assert np.mean(tight[out].hi - tight[out].lo) < 0.8 * np.mean(base[out].hi - base[out].lo)
