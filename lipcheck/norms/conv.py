@@ -493,19 +493,28 @@ def _power_start_vector(op: _ConvOperator, top: _CircularTop | None) -> np.ndarr
     coarse = [p // s for p, s in zip(padded, op.strides)]
     phase_of = tuple(p % s for p, s in zip(padded, op.strides))
     angle = sum(2.0 * np.pi * freq[i] * coarse[i] / m for i, m in enumerate(grams.grid))
+    # the zero-padded operator's top vector is close to that plane wave times the lowest Dirichlet mode of the
+    # input's extent, ∏ sin(π(i + 1)/(n + 1)) (the finite section of a Toeplitz operator): both are tried
+    window = np.ones(tuple(op.n))
+    for i, n in enumerate(op.n):
+        shape = [1] * len(op.n)
+        shape[i] = n
+        window = window * np.sin(np.pi * (np.arange(n) + 1.0) / (n + 1.0)).reshape(shape)
     best: np.ndarray | None = None
     best_gain = -1.0
     for sign in (1.0, -1.0):  # which of the conjugate pair the real conv's correlation picks: keep the better
-        x = np.zeros((op.c_in, *op.n))
-        c0 = group * op.weight.shape[1]
-        x[c0:c0 + op.weight.shape[1]] = np.real(x_hat[(slice(None),) + phase_of] * np.exp(sign * 1j * angle))
-        norm = float(np.linalg.norm(x))
-        if norm == 0.0 or not np.isfinite(norm):
-            continue
-        x = x.reshape(1, -1) / norm
-        gain = float(np.linalg.norm(op.forward(x)))
-        if gain > best_gain:
-            best, best_gain = x, gain
+        wave = np.real(x_hat[(slice(None),) + phase_of] * np.exp(sign * 1j * angle))
+        for taper in (None, window):
+            x = np.zeros((op.c_in, *op.n))
+            c0 = group * op.weight.shape[1]
+            x[c0:c0 + op.weight.shape[1]] = wave if taper is None else wave * taper
+            norm = float(np.linalg.norm(x))
+            if norm == 0.0 or not np.isfinite(norm):
+                continue
+            x = x.reshape(1, -1) / norm
+            gain = float(np.linalg.norm(op.forward(x)))
+            if gain > best_gain:
+                best, best_gain = x, gain
     return best
 
 
