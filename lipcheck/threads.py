@@ -51,15 +51,39 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _runnable_others(samples: int = 3, pause: float = 0.02) -> float | None:
+    """Tasks other than this one that are runnable now (Linux ``/proc/loadavg``'s running count minus 1, the
+    least of a few reads ``pause`` seconds apart: a steady competitor is in every read, the exit of a process
+    that just ended in one); None where it cannot be read."""
+    import time
+
+    seen: float | None = None
+    for k in range(samples):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as fh:
+                running = float(fh.read().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            return seen
+        seen = max(0.0, running - 1.0) if seen is None else min(seen, max(0.0, running - 1.0))
+        if k + 1 < samples:
+            time.sleep(pause)
+    return seen
+
+
 def busy_cpus(cpus: int | None = None) -> float:
-    """How many of our ``cpus`` other work keeps busy: the 1-minute load average, scaled to our share of the
-    machine when the affinity mask holds fewer CPUs than it has (the load average is machine-wide).
-    0 where the load average is unknown."""
+    """How many of our ``cpus`` other work keeps busy: the 1-minute load average, but at most the tasks runnable
+    right now besides this one (where Linux says: a load average still holds the runs that just ended, so a
+    script running lipcheck on model after model would otherwise see its own past runs as load and go single-
+    threaded), scaled to our share of the machine when the affinity mask holds fewer CPUs than it has (both
+    counts are machine-wide). 0 where the load average is unknown."""
     cpus = available_cpus() if cpus is None else cpus
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
+    now = _runnable_others()
+    if now is not None:
+        load = min(load, now)
     total = os.cpu_count() or cpus
     return load * cpus / total if total > cpus else load
 

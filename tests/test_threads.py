@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_high_load_leaves_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 6.0, 4.0))
+    monkeypatch.setattr(threads, "_runnable_others", lambda: 7.0)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert choose_threads(environ={}) == 1
@@ -37,8 +38,29 @@ def test_free_cpus(cpus: int, load: float, expected: int) -> None:
 def test_load_is_scaled_to_the_cpus_we_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
     """A container pinned to 2 of 64 CPUs: the machine-wide load average of 32 is 1 busy CPU of our 2."""
     monkeypatch.setattr(os, "getloadavg", lambda: (32.0, 32.0, 32.0))
+    monkeypatch.setattr(threads, "_runnable_others", lambda: None)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     assert busy_cpus(2) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("load", "now", "expected"), [(1.0, 0.0, 2), (1.0, 1.0, 1), (0.2, 3.0, 2), (1.9, None, 1)])
+def test_a_load_average_from_runs_that_ended_does_not_count(monkeypatch: pytest.MonkeyPatch, load: float,
+                                                            now: float | None, expected: int) -> None:
+    """The 1-minute load average still holds lipcheck's previous run for a minute: what is runnable now (Linux's
+    /proc/loadavg, besides this process) caps it, so back-to-back runs keep both cores."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(threads, "_runnable_others", lambda: now)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert choose_threads(environ={}) == expected
+
+
+def test_runnable_others_reads_proc_loadavg() -> None:
+    value = threads._runnable_others(samples=1)
+    if not Path("/proc/loadavg").exists():
+        assert value is None
+    else:
+        assert value is not None and value >= 0.0
 
 
 def test_flag_then_lipcheck_threads_then_omp_num_threads() -> None:

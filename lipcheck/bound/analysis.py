@@ -55,7 +55,8 @@ def analyze(
     measured ratio, a true lower bound.
 
     ``jobs``: bound the weighted layers (Conv, ConvTranspose, Gemm, MatMul) in that many processes (``0`` or
-    ``"auto"``: one per CPU); the numbers are the same as with 1. ``cache_dir``: a folder (created when
+    ``"auto"``: one per CPU; ``"size"``, the CLI's default: one per usable CPU when those layers hold over 5e8
+    multiply-adds, else 1); the numbers are the same as with 1. ``cache_dir``: a folder (created when
     missing) keeping those layers' results by a hash of their weights, shapes, attributes and settings, so
     that a re-run on unchanged layers computes no norm; the report's notes say how many came from it.
 
@@ -128,7 +129,9 @@ def analyze(
     with budget.session(limits) as resources:
         budget.check_input_sizes({i.name: tuple(i.shape) for i in floats})
         started = time.perf_counter()
-        result = walk(graph, settings, progress, cache=cache, jobs=n_jobs)
+        from lipcheck.bound.parallel import jobs_for
+
+        result = walk(graph, settings, progress, cache=cache, jobs=jobs_for(graph, n_jobs))
         walk_seconds = time.perf_counter() - started
         notes.extend(f"resource limits: {event}" for event in resources.events)
     if cache is not None:

@@ -57,18 +57,45 @@ class LayerTask:
     limits: Any = None  # the parent's ResourceLimits (lipcheck.budget), applied in the worker too
 
 
+BY_SIZE = -1  # resolve_jobs("size"): decided per model by :func:`jobs_for`
+SIZE_WORK = 5e8  # multiply-adds of the weighted layers (walker.work_estimate) from which "size" uses workers
+
+
+def jobs_for(graph: Any, jobs: int) -> int:
+    """The process count for ``graph``: ``jobs`` itself, or for :data:`BY_SIZE` one per thread lipcheck may use
+    (``--threads`` / the load-aware default) when the weighted layers hold at least :data:`SIZE_WORK`
+    multiply-adds (ResNet-50: 4e9; every sample model: under 3e7), else 1 (workers cost a second or two to start,
+    each importing torch). Measured on 2 cores: ResNet-50 `analyze --no-exact --no-lower-bound` 20.0 s with 1,
+    13.3 s with 2 (bench/README.md)."""
+    if jobs != BY_SIZE:
+        return jobs
+    from lipcheck.bound.walker import work_estimate
+
+    costs = [work_estimate(node, graph) for node in graph.nodes]
+    heavy = sum(1 for c in costs if c > 0)
+    if sum(costs) < SIZE_WORK or heavy < 2:
+        return 1
+    from lipcheck.threads import choose_threads, thread_limit
+
+    return max(1, min(thread_limit() or choose_threads(), heavy))
+
+
 def resolve_jobs(jobs: int | str | None) -> int:
-    """``--jobs``: a positive count; ``0`` or ``"auto"`` = the number of CPUs. Raises UsageError."""
+    """``--jobs``: a positive count; ``0`` or ``"auto"`` = the number of CPUs; ``"size"`` = :data:`BY_SIZE`
+    (decided per model by :func:`jobs_for`). Raises UsageError."""
     from lipcheck.errors import UsageError
 
     if jobs is None:
         return 1
     if isinstance(jobs, str):
         text = jobs.strip().lower()
+        if text == "size":
+            return BY_SIZE
         if text == "auto":
             return os.cpu_count() or 1
         if not text.isdecimal():
-            raise UsageError(f"--jobs {jobs!r}: expected a number of processes ≥ 1, or 0 / auto for every CPU")
+            raise UsageError(f"--jobs {jobs!r}: expected a number of processes ≥ 1, 0 / auto for every CPU, or "
+                             "size")
         jobs = int(text)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
         raise UsageError(f"--jobs {jobs!r}: expected a number of processes ≥ 1, or 0 / auto for every CPU")

@@ -280,8 +280,9 @@ TrustPickleOpt = Annotated[
     bool, typer.Option("--trust-pickle", envvar="LIPCHECK_TRUST_PICKLE", help=_TRUST_HELP)
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Debug logging and full tracebacks.")]
-_JOBS_HELP = ("Bound the weighted layers (Conv, Gemm, MatMul) in N processes; 0 or auto: one per CPU. "
-              "Same numbers as 1.")
+_JOBS_HELP = ("Bound the weighted layers (Conv, Gemm, MatMul) in N processes; 0 or auto: one per CPU; size: one "
+              "per usable CPU for models with over 5e8 multiply-adds in those layers (ResNet-50), else 1. Same "
+              "numbers as 1.")
 _CACHE_HELP = ("Keep per-layer results in DIR (created if missing), keyed by a hash of weights, shapes and "
                "settings: a re-run on unchanged layers computes no norm.")
 JobsOpt = Annotated[
@@ -449,7 +450,7 @@ def analyze(
     ] = 5.0,
     force: ForceOpt = False,
     progress: ProgressOpt = None,
-    jobs: JobsOpt = "1",
+    jobs: JobsOpt = "size",
     cache: CacheOpt = None,
     threads: ThreadsOpt = None,
     arch: ArchOpt = None,
@@ -477,7 +478,7 @@ def analyze(
         _require_paths({"--plot": plot, "--cache": cache})
         shapes = parse_input_shapes(input_shape or [])
         kwargs = parse_arch_kwargs(arch_kwargs)
-        from lipcheck.bound.parallel import resolve_jobs
+        from lipcheck.bound.parallel import BY_SIZE, resolve_jobs
 
         n_jobs = resolve_jobs(jobs)
         if cache is not None:
@@ -509,7 +510,7 @@ def analyze(
                 arch=arch,
                 arch_kwargs=kwargs,
                 key=key,
-                jobs=n_jobs,
+                jobs="size" if n_jobs == BY_SIZE else n_jobs,
                 cache_dir=cache,
                 force=force,
             )

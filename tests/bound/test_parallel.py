@@ -18,6 +18,8 @@ from lipcheck.progress import WorkMeter
 from lipcheck.report.model import Settings
 from tests.helpers import untimed
 
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -63,6 +65,40 @@ def test_resolve_jobs(value: Any, expected: int) -> None:
     import os
 
     assert resolve_jobs(value) == (expected if expected > 0 else (os.cpu_count() or 1))
+
+
+def test_jobs_by_size_use_workers_for_large_models_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--jobs size`` (the CLI default): 1 for every sample model; one per usable thread (at most the number of
+    weighted layers) once the weighted layers hold 5e8 multiply-adds; 1 when lipcheck may use one thread."""
+    import lipcheck.threads
+    from lipcheck.bound.parallel import BY_SIZE, jobs_for
+
+    assert resolve_jobs("size") == BY_SIZE
+    for path in sorted(SAMPLES.glob("*.onnx")):
+        graph = lipcheck.load(str(path), input_shape=(1, 1, 8, 8) if path.stem == "dynamic_batch" else None)
+        assert jobs_for(graph, BY_SIZE) == 1, path.stem
+        assert jobs_for(graph, 3) == 3
+    big = _conv_stack(channels=256, size=56, layers=3)
+    monkeypatch.setattr(lipcheck.threads, "thread_limit", lambda: 4)
+    assert jobs_for(big, BY_SIZE) == 3  # 3 weighted layers: no fourth worker
+    monkeypatch.setattr(lipcheck.threads, "thread_limit", lambda: 1)
+    assert jobs_for(big, BY_SIZE) == 1
+
+
+def _conv_stack(channels: int, size: int, layers: int) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    for k in range(layers):
+        w = np.zeros((channels, channels, 3, 3), dtype=np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{k}"))
+        nodes.append(helper.make_node("Conv", [f"x{k}", f"w{k}"], [f"x{k + 1}"], pads=[1, 1, 1, 1]))
+    shape = [1, channels, size, size]
+    g = helper.make_graph(nodes, "stack", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info(f"x{layers}", TensorProto.FLOAT, shape)], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return lipcheck.load(model)
 
 
 @pytest.mark.parametrize("value", [-1, "-1", "two", 1.5])
