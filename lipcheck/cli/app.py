@@ -385,6 +385,13 @@ def _known_cause(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _jobs_option(n_jobs: int) -> int | str:
+    """A resolved ``--jobs`` as ``lipcheck.analyze`` takes it (``"size"`` stays a word: decided per model)."""
+    from lipcheck.bound.parallel import BY_SIZE
+
+    return "size" if n_jobs == BY_SIZE else n_jobs
+
+
 def _describe(exc: BaseException, doing: str) -> str:
     """One line for an exception :func:`_known_cause` accepts (not a :class:`LipcheckError`)."""
     if isinstance(exc, MemoryError):
@@ -478,7 +485,7 @@ def analyze(
         _require_paths({"--plot": plot, "--cache": cache})
         shapes = parse_input_shapes(input_shape or [])
         kwargs = parse_arch_kwargs(arch_kwargs)
-        from lipcheck.bound.parallel import BY_SIZE, resolve_jobs
+        from lipcheck.bound.parallel import resolve_jobs
 
         n_jobs = resolve_jobs(jobs)
         if cache is not None:
@@ -510,7 +517,7 @@ def analyze(
                 arch=arch,
                 arch_kwargs=kwargs,
                 key=key,
-                jobs="size" if n_jobs == BY_SIZE else n_jobs,
+                jobs=_jobs_option(n_jobs),
                 cache_dir=cache,
                 force=force,
             )
@@ -877,7 +884,7 @@ def check(
             arch_kwargs=parse_arch_kwargs(arch_kwargs),
             key=key,
             trust_pickle=True if trust_pickle else None,
-            jobs=resolve_jobs(jobs) if jobs is not None else None,
+            jobs=_jobs_option(resolve_jobs(jobs)) if jobs is not None else None,
             cache=cache,
             force=True if force else None,
         )

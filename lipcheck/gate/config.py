@@ -13,7 +13,7 @@ baseline = "lipcheck/classifier.json"
 max-increase = 2.0                   # percent
 ```
 
-``jobs`` (processes, ``"auto"``) and ``cache`` (the layer cache folder, relative to the config file) may be
+``jobs`` (processes, ``"auto"``, ``"size"``) and ``cache`` (the layer cache folder, relative to the config file) may be
 set at the top level or per model.
 
 ``trust-pickle = true`` is refused (:class:`ConfigError`): the file is part of what is reviewed, so trust in a
@@ -87,7 +87,7 @@ class ModelOptions:
     arch_kwargs: Mapping[str, Any] | None = None
     key: str | None = None
     trust_pickle: bool | None = None
-    jobs: int | None = None  # 0 = one process per CPU
+    jobs: int | str | None = None  # 0 = one process per CPU; "size": by the model's size
     cache: str | None = None  # the layer cache folder
     force: bool | None = None  # lift the resource limits (command line only)
 
@@ -292,12 +292,16 @@ def _domain(value: Any, where: _Where) -> str:
     return pair(value, where)
 
 
-def _jobs(value: Any, where: _Where) -> int:
-    """``jobs = 2``, or ``0`` / ``"auto"`` for one process per CPU (kept as 0)."""
+def _jobs(value: Any, where: _Where) -> int | str:
+    """``jobs = 2``, ``0`` / ``"auto"`` for one process per CPU (kept as 0), or ``"size"`` (by the model's size,
+    as ``analyze``'s default)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return 0
+    if isinstance(value, str) and value.strip().lower() == "size":
+        return "size"
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise where.error(f"expected a number of processes ≥ 1, or 0 / \"auto\" for every CPU, got {value!r}")
+        raise where.error(f"expected a number of processes ≥ 1, 0 / \"auto\" for every CPU, or \"size\", got "
+                          f"{value!r}")
     return value
 
 

@@ -46,7 +46,7 @@ class AnalysisOptions:
     arch: str | None = None
     arch_kwargs: Mapping[str, Any] | None = None
     key: str | None = None
-    jobs: int = 1  # 0 = one process per CPU
+    jobs: int | str = 1  # 0 = one process per CPU; "size": by the model's size
     cache_dir: str | None = None
     force: bool = False  # lift the resource limits (lipcheck.budget)
     method: str = "auto"  # the composition methods (lipcheck.bound.methods.choose)

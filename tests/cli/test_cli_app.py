@@ -91,7 +91,7 @@ def test_options_are_forwarded(fake: Callable[[Any], FakeAnalyze]) -> None:
     assert options == {
         "input_shape": (1, 4), "power_iterations": 7, "tolerance": 1e-4, "seed": 3, "exact_limit": 99,
         "lower_bound": False, "lower_bound_seconds": 0.5, "progress": None, "trust_pickle": True,
-        "arch": "pkg.mod:make", "arch_kwargs": {"width": 2}, "key": "ema", "jobs": 1, "cache_dir": None,
+        "arch": "pkg.mod:make", "arch_kwargs": {"width": 2}, "key": "ema", "jobs": "size", "cache_dir": None,
         "force": False, "method": "lipsdp", "domain": "0,1;x=-1,1", "around": "p.npy", "radius": 0.25,
         "norm": "inf",
     }

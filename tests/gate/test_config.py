@@ -185,3 +185,13 @@ def test_method_key_top_level_and_per_model_reaches_the_analysis(tmp_path: Path)
     assert [t.analysis.kwargs()["method"] for t in targets] == ["product", "lipsdp"]
     flagged = resolve_targets([], config, ModelOptions(method="auto"))  # --method overrides the file
     assert {t.analysis.method for t in flagged} == {"auto"}
+
+
+@pytest.mark.parametrize(("value", "expected"), [("2", 2), ('"auto"', 0), ('"size"', "size"), ('"Size"', "size")])
+def test_jobs_values(tmp_path: Path, value: str, expected: int | str) -> None:
+    _write(tmp_path, "lipcheck.toml", f"jobs = {value}\n")
+    assert load_config(cwd=tmp_path).defaults.jobs == expected
+
+
+def test_bad_jobs_value(tmp_path: Path) -> None:
+    assert '"size"' in _error(tmp_path, "jobs = \"many\"\n", name="lipcheck.toml")
