@@ -187,7 +187,8 @@ def test_method_key_top_level_and_per_model_reaches_the_analysis(tmp_path: Path)
     assert {t.analysis.method for t in flagged} == {"auto"}
 
 
-@pytest.mark.parametrize(("value", "expected"), [("2", 2), ('"auto"', 0), ('"size"', "size"), ('"Size"', "size")])
+@pytest.mark.parametrize(("value", "expected"),
+                         [("2", 2), ('"auto"', 0), ('"size"', "size"), ('"Size"', "size")])
 def test_jobs_values(tmp_path: Path, value: str, expected: int | str) -> None:
     _write(tmp_path, "lipcheck.toml", f"jobs = {value}\n")
     assert load_config(cwd=tmp_path).defaults.jobs == expected
