@@ -6,9 +6,11 @@
 For each model (built by ``bench/models.py``, written to ONNX once and reused), lipcheck runs as a subprocess of
 the unchanged CLI (``bench/_cli_timer.py`` only adds timers around the stages), twice:
 
-A. ``analyze M --no-exact --lower-bound-seconds 5 --format json``: load, power iteration, certified upper bound,
+A. ``analyze M --no-exact --lower-bound-seconds 5 --jobs 1 --format json``: load, power iteration, certified upper bound,
    then the lower bound (timed apart; the peak RSS at the end of the walk is what ``--no-lower-bound`` reaches);
-B. ``analyze M --no-lower-bound --format json``: the same with the exact values (walk B − walk A = exact stage).
+B. ``analyze M --no-lower-bound --jobs 1 --format json``: the same with the exact values (walk B − walk A = exact
+   stage). Both in one process, where the stage timers run; the CLI's default (``--jobs size``: workers for large
+   models) is timed apart with the other CI features (``--jobs 1`` / ``2`` / default, ``--cache``).
 
 Each run's peak RSS comes from ``os.wait4`` (that process alone). Then ``bench/references.py`` (another subprocess)
 times the reference methods on the same conv layers: (a) reshaped-kernel power iteration as torch's
@@ -145,18 +147,21 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     with_lower = name != "big" or args.big_lower_bound
     lower = ["--lower-bound-seconds", f"{args.lower_bound_seconds:g}"] if with_lower else ["--no-lower-bound"]
-    res["A"] = run_cli("A", path, ["--no-exact", *lower], work, args.timeout)
-    res["B"] = run_cli("B", path, ["--no-lower-bound"], work, args.timeout)
+    # one process (--jobs 1): the stage timers run in it (the CLI's default, --jobs size, would bound a large
+    # model's layers in workers, out of their sight; it is timed apart below as "default")
+    res["A"] = run_cli("A", path, ["--no-exact", *lower, "--jobs", "1"], work, args.timeout)
+    res["B"] = run_cli("B", path, ["--no-lower-bound", "--jobs", "1"], work, args.timeout)
     res["lower_bound_seconds"] = args.lower_bound_seconds if with_lower else None
     if name != "big" and not args.skip_ci_runs:
         # the CI features: --jobs 2 on the same work as A without the lower bound, then --cache cold and warm
         fast = ["--no-exact", "--no-lower-bound"]
-        res["J1"] = run_cli("J1", path, fast, work, args.timeout)
+        res["J1"] = run_cli("J1", path, [*fast, "--jobs", "1"], work, args.timeout)
         res["J2"] = run_cli("J2", path, [*fast, "--jobs", "2"], work, args.timeout)
+        res["D"] = run_cli("D", path, fast, work, args.timeout)  # the default, --jobs size
         cache = work / "cache"
         shutil.rmtree(cache, ignore_errors=True)
-        res["C_cold"] = run_cli("C_cold", path, [*fast, "--cache", str(cache)], work, args.timeout)
-        res["C_warm"] = run_cli("C_warm", path, [*fast, "--cache", str(cache)], work, args.timeout)
+        res["C_cold"] = run_cli("C_cold", path, [*fast, "--jobs", "1", "--cache", str(cache)], work, args.timeout)
+        res["C_warm"] = run_cli("C_warm", path, [*fast, "--jobs", "1", "--cache", str(cache)], work, args.timeout)
     if (name in CONV_MODELS or name.endswith(".onnx")) and not args.skip_references:
         quick = args.quick == "all" or name in args.quick.split(",")
         res["refs"] = run_references(path, work, "quick" if quick else "all", args.ref_timeout)
@@ -581,11 +586,14 @@ def targets(results: dict[str, Any]) -> list[str]:
     for name, res in models.items():
         if not res.get("J1"):
             continue
-        walls = {k: (res.get(k) or {}).get("wall") for k in ("J1", "J2", "C_cold", "C_warm")}
+        walls = {k: (res.get(k) or {}).get("wall") for k in ("J1", "J2", "D", "C_cold", "C_warm")}
+        rss = (res.get("D") or {}).get("peak_rss")
         note = ((res.get("C_warm") or {}).get("report") or {}).get("notes", [])
         cached = next((n for n in note if "cache" in n), "")
-        ci_parts.append(f"{name}: `--jobs 2` {fmt_s(walls['J2'])} s vs {fmt_s(walls['J1'])} s "
-                        f"({fmt_x(div(walls['J1'], walls['J2']))}); `--cache` cold {fmt_s(walls['C_cold'])} s, "
+        default = (f"; the default (`--jobs size`) {fmt_s(walls['D'])} s, peak RSS {fmt_mem(rss)}"
+                   if walls["D"] is not None else "")
+        ci_parts.append(f"{name}: `--jobs 2` {fmt_s(walls['J2'])} s vs `--jobs 1` {fmt_s(walls['J1'])} s "
+                        f"({fmt_x(div(walls['J1'], walls['J2']))}){default}; `--cache` cold {fmt_s(walls['C_cold'])} s, "
                         f"warm {fmt_s(walls['C_warm'])} s ({cached or 'no cache note'})")
     out.append("- CI features (whole `analyze --no-exact --no-lower-bound` commands, not targets of their own): "
                + ("; ".join(ci_parts) or "not run"))
