@@ -6,8 +6,8 @@
 For each model (built by ``bench/models.py``, written to ONNX once and reused), lipcheck runs as a subprocess of
 the unchanged CLI (``bench/_cli_timer.py`` only adds timers around the stages), twice:
 
-A. ``analyze M --no-exact --lower-bound-seconds 5 --jobs 1 --format json``: load, power iteration, certified upper bound,
-   then the lower bound (timed apart; the peak RSS at the end of the walk is what ``--no-lower-bound`` reaches);
+A. ``analyze M --no-exact --lower-bound-seconds 5 --jobs 1 --format json``: load, power iteration, certified upper
+   bound, then the lower bound (timed apart; the peak RSS at the end of the walk is what ``--no-lower-bound`` reaches);
 B. ``analyze M --no-lower-bound --jobs 1 --format json``: the same with the exact values (walk B − walk A = exact
    stage). Both in one process, where the stage timers run; the CLI's default (``--jobs size``: workers for large
    models) is timed apart with the other CI features (``--jobs 1`` / ``2`` / default, ``--cache``).
@@ -593,7 +593,8 @@ def targets(results: dict[str, Any]) -> list[str]:
         default = (f"; the default (`--jobs size`) {fmt_s(walls['D'])} s, peak RSS {fmt_mem(rss)}"
                    if walls["D"] is not None else "")
         ci_parts.append(f"{name}: `--jobs 2` {fmt_s(walls['J2'])} s vs `--jobs 1` {fmt_s(walls['J1'])} s "
-                        f"({fmt_x(div(walls['J1'], walls['J2']))}){default}; `--cache` cold {fmt_s(walls['C_cold'])} s, "
+                        f"({fmt_x(div(walls['J1'], walls['J2']))}){default}; "
+                        f"`--cache` cold {fmt_s(walls['C_cold'])} s, "
                         f"warm {fmt_s(walls['C_warm'])} s ({cached or 'no cache note'})")
     out.append("- CI features (whole `analyze --no-exact --no-lower-bound` commands, not targets of their own): "
                + ("; ".join(ci_parts) or "not run"))
