@@ -604,7 +604,7 @@ POINT_CHAIN_ITERATIONS = 3
 
 
 def local_chain_bound(graph: Graph, intervals: Mapping[str, Any], *, iterations: int = 0,
-                      time_limit: float = 10.0, dense: dict[str, Any] | None = None) -> float | None:
+                      time_limit: float = 60.0, dense: dict[str, Any] | None = None) -> float | None:
     """The lipsdp method on the model's chain restricted to the region: the MLP chain of :func:`find_chain`, or a
     chain of materialized linear pieces (convolutions included) and activations (:func:`_dense_chain`), with the
     activations that are constant on the region dropped and the slope intervals shrunk to the region's slopes
@@ -627,8 +627,12 @@ def local_chain_bound(graph: Graph, intervals: Mapping[str, Any], *, iterations:
         return 0.0  # every path crosses an activation that is constant on the region
     if chain.weights[0].shape[1] + sum(w.shape[0] for w in chain.weights[:-1]) > LOCAL_CHAIN_MAX_ORDER:
         return None
+    # a cost cap that does not depend on the clock (an evaluation costs about three eigenproblems per hidden layer)
+    cube = float(sum(int(w.shape[0]) ** 3 for w in chain.weights[:-1]))
+    evaluations = max(4, int(LOCAL_CHAIN_WORK / max(cube, 1.0)))
     try:
-        result = lipsdp(Chain(chain.weights, chain.slopes, chain.errors), iterations=iterations, time_limit=time_limit)
+        result = lipsdp(Chain(chain.weights, chain.slopes, chain.errors), iterations=iterations,
+                        time_limit=time_limit, max_evaluations=evaluations)
     except (ArithmeticError, ValueError, RuntimeError, MemoryError):
         return None
     # a certified lipsdp value is already ≤ the chain's product (lipsdp compares them)
@@ -639,6 +643,7 @@ def local_chain_bound(graph: Graph, intervals: Mapping[str, Any], *, iterations:
 
 
 LOCAL_CHAIN_MAX_ORDER = 4096  # the restricted chain's LMI order (input size + kept activations)
+LOCAL_CHAIN_WORK = 1e10  # Σ over evaluations of Σ (hidden width)³: the multiplier search's cost cap
 
 
 def _dense_chain(graph: Graph, ranges: _Ranges, cache: dict[str, Any]) -> Any:

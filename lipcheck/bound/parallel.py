@@ -65,8 +65,8 @@ def jobs_for(graph: Any, jobs: int) -> int:
     """The process count for ``graph``: ``jobs`` itself, or for :data:`BY_SIZE` one per thread lipcheck may use
     (``--threads`` / the load-aware default) when the weighted layers hold at least :data:`SIZE_WORK`
     multiply-adds (ResNet-50: 4e9; every sample model: under 3e7), else 1 (workers cost a second or two to start,
-    each importing torch). Measured on 2 cores: ResNet-50 `analyze --no-exact --no-lower-bound` 20.0 s with 1,
-    13.3 s with 2 (bench/README.md)."""
+    each importing torch). Measured on 2 cores, side by side: ResNet-50 `analyze --no-exact --no-lower-bound`
+    21.9 s with 1, 14.4 s with 2 (bench/README.md)."""
     if jobs != BY_SIZE:
         return jobs
     from lipcheck.bound.walker import work_estimate
