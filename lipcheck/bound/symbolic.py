@@ -16,7 +16,8 @@ Linear ops map the forms exactly (their generators through the op's linear part,
 Relu / LeakyRelu / PRelu (constant slopes) on an element with range [l, u], l < 0 < u, use the chord relaxation:
 for any λ ∈ [0, 1], Relu(x) − λx ∈ [0, max(−λl, (1 − λ)u)] on [l, u], so Relu(x) = λx + h/2 + (h/2)·η_new with
 one new box symbol (or, when the form has no room for more symbols, ± h/2 in the slack); stable elements are
-exact (identity or 0). Every other op gets its outputs' intervals from the
+exact (identity or 0). MaxPool: each window's element i of largest lower bound, plus δ ∈ [0, max(0, max_{j≠i} hi_j
+− lo_i)] on one new symbol (exact where i dominates its window). Every other op gets its outputs' intervals from the
 interval rules (on the tightened inputs) and, when small enough, a fresh form with one new box symbol per element.
 
 Rounding (the model runs in precision u, we compute in float64 of unit roundoff u₆₄):
@@ -236,6 +237,8 @@ class _Pass:
         self._input_mag = self.mag(node.inputs[var[0]])
         if op in ("Relu", "LeakyRelu", "PRelu") and var == [0]:
             return [self.relu(node, f)]
+        if op == "MaxPool" and var == [0]:
+            return [self.maxpool(node, f)]
         if len(var) == 1:
             return self.affine_unary(node, var[0], f)
         if op in ("Add", "Sub") and len(var) == 2:
@@ -460,6 +463,83 @@ class _Pass:
         if node.op_type != "Relu":  # α·x rounds once in the model (Relu itself is exact)
             s = s + 2.0 * self.prec.u * alpha * self._input_mag
         return Form(c, ball, box, s)
+
+
+    def maxpool(self, node: Node, f: Form) -> Form | None:
+        """MaxPool(x)_o = x_i + δ with i the window's element of largest lower bound and δ = max(0, max_{j≠i}
+        x_j − x_i) ∈ [0, U], U = max(0, max_{j≠i} hi_j − lo_i): x_i's form, plus U/2 ± U/2 on one new symbol
+        (exact where i dominates its window, U = 0). Windows are cut out of the −inf-padded input as the
+        evaluator pads it (pads, strides, dilations, ceil_mode)."""
+        iv = self.ctx.iv(node.inputs[0])
+        lo, hi = iv.lo, iv.hi
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))) or lo.ndim < 3:
+            return None
+        spatial = tuple(lo.shape[2:])
+        nd = len(spatial)
+        x = torch.from_numpy(np.ascontiguousarray(lo))
+        k, st, dil = te._pool_params(node, x)
+        begins, _, needed = te._pool_window(node, spatial, k, st, dil)
+        if any(b < 0 for b in begins) or len(k) != nd:
+            return None
+        positions = np.arange(int(np.prod(spatial)), dtype=np.float64).reshape((1, 1) + spatial)
+
+        def windows(a: Array, fill: float) -> np.ndarray:
+            """(N, C, *out, K): each window's elements (fill where it reads padding)."""
+            t = te._pad_dims(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)), 2, begins, needed,
+                             value=fill)
+            for i in range(nd):
+                eff = (k[i] - 1) * dil[i] + 1
+                t = t.unfold(2 + i, eff, st[i])
+            t = t[(Ellipsis,) + tuple(slice(None, None, dd) for dd in dil)]
+            arr = t.numpy()
+            return arr.reshape(arr.shape[: 2 + nd] + (-1,))
+
+        lo_w, hi_w = windows(lo, -np.inf), windows(hi, -np.inf)
+        pos_w = windows(positions, -1.0)
+        out_shape = lo_w.shape[:-1]
+        if pos_w.shape[0] != 1:
+            pos_w = np.broadcast_to(pos_w, out_shape + (pos_w.shape[-1],))
+        pick = np.argmax(lo_w, axis=-1)[..., None]  # the element of largest lower bound (never padding)
+        chosen = np.take_along_axis(np.broadcast_to(pos_w, lo_w.shape), pick, axis=-1)[..., 0]
+        if np.any(chosen < 0):
+            return None
+        lo_sel = np.take_along_axis(lo_w, pick, axis=-1)[..., 0]
+        others = hi_w.copy()
+        np.put_along_axis(others, pick, -np.inf, axis=-1)
+        rival = np.max(others, axis=-1)
+        with np.errstate(invalid="ignore"):
+            u = np.where(np.isfinite(rival), np.maximum(0.0, rival - lo_sel), 0.0)
+        half = u * 0.5 * (1.0 + 8.0 * U64)
+        flat = chosen.astype(np.int64)
+        size_in = int(np.prod(spatial))
+        size_out = int(np.prod(out_shape[2:]))
+        index = np.broadcast_to(flat.reshape(out_shape[0], out_shape[1], size_out), lo.shape[:2] + (size_out,))
+
+        def gather(a: Array, lead: int) -> Array:
+            src = a.reshape(a.shape[:lead] + lo.shape[:2] + (size_in,))
+            idx = np.broadcast_to(index.reshape((1,) * lead + index.shape), src.shape[:lead] + index.shape)
+            return np.take_along_axis(src, idx, axis=-1).reshape(a.shape[:lead] + out_shape)
+
+        sel = np.flatnonzero(half.reshape(-1) > 0)
+        k_old = 0 if f.box is None else f.box.shape[0]
+        kb = 0 if f.ball is None else f.ball.shape[0]
+        kk = max(self.box_symbols, k_old) + sel.size
+        consolidate = not self.fits(kk + kb, int(np.prod(out_shape)))
+        if consolidate:
+            kk, sel = k_old, sel[:0]
+        c = gather(f.c, 0) + half
+        ball = gather(f.ball, 1) if f.ball is not None else None
+        box = None
+        if kk:
+            box = _pad_box(gather(f.box, 1) if f.box is not None and k_old else None, kk, out_shape)
+            if sel.size:
+                flatbox = box.reshape(kk, -1)
+                flatbox[kk - sel.size + np.arange(sel.size), sel] = half.reshape(-1)[sel]
+                self.box_symbols = kk
+        s_out = gather(f.s, 0) + 4.0 * U64 * np.abs(c) + 2.0 * self.prec.tiny
+        if consolidate:
+            s_out = s_out + half * (1.0 + 4.0 * U64)
+        return Form(c, ball, box, s_out)
 
 
 # ops applied per sample with nonnegative weights (the model rounds like a sum of that many products)
