@@ -609,8 +609,9 @@ def symbolic_ranges(graph: Graph, box: Mapping[str, tuple[Array, Array]], *, bal
             if form is not None and lo is not None and form.c.shape == lo.shape and np.all(np.isfinite(form.s)) \
                     and np.all(np.isfinite(form.c)):
                 flo, fhi = form.interval()
-                lo, hi = np.maximum(lo, flo), np.minimum(hi, fhi)
-                p.forms[name] = form
+                if np.all(np.isfinite(flo)) and np.all(np.isfinite(fhi)):  # no NaN / inf from an overflow
+                    lo, hi = np.maximum(lo, flo), np.minimum(hi, fhi)
+                    p.forms[name] = form
             elif lo is not None and name not in base.unbounded and is_float:
                 fresh = p.fresh(lo, hi) if any(i in p.forms for i in node.inputs if i) else None
                 if fresh is not None:
