@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from lipcheck.errors import LipcheckError
 
@@ -56,6 +57,7 @@ MEMORY_FRACTION = 0.8  # a stage may hold at most this share of the memory avail
 CONV_FLOPS_F32 = 1.0e10
 CONV_FLOPS_F64 = 5.0e9
 MATMUL_FLOPS_F64 = 2.0e10
+ZERO_PAD_FLOPS = 1.0e11  # the banded Cholesky's blocks are large: 1.5e11 measured on 2 cores (3584² blocks)
 LANCZOS_PRODUCTS = 500  # Gram products (float64, plus as many in float32) of a Lanczos run: 150-1700 measured
 GRAM_STEPS = 8  # Gram-iteration squarings a matrix typically takes
 CIRCULAR_GRAM_SECONDS = 2e-3  # per frequency Gram, fixed: passes of batched power, Cholesky, bookkeeping
@@ -242,6 +244,24 @@ def conv_costs(
     return costs
 
 
+def zero_pad_cost(w: Any, geom: Any, out_spatial: tuple[int, ...], tight_work: float, exact_size: int,
+                  exact_limit: int) -> StageCost:
+    """The zero-padded certificate of a Conv (:mod:`lipcheck.norms.zeropad`): zero when it will not run (off, σ exact
+    not computed, a 1×1 kernel, or more than ``tight_work`` GFLOP), else its memory and time."""
+    kernel = tuple(int(k) for k in w.shape[2:])
+    if tight_work <= 0 or exact_size > exact_limit or all(k == 1 for k in kernel):
+        return StageCost(0.0, 0.0)
+    from lipcheck.norms.zeropad import plan_zero_pad
+
+    groups = int(geom.groups)
+    plan = plan_zero_pad(kernel, tuple(geom.input_spatial), tuple(out_spatial), tuple(geom.strides),
+                         tuple(geom.dilations), tuple(geom.pads_begin), int(w.shape[1]), int(w.shape[0]) // groups,
+                         groups)
+    if plan.flops > tight_work * 1e9:
+        return StageCost(0.0, 0.0)
+    return StageCost(plan.bytes, plan.flops / ZERO_PAD_FLOPS)
+
+
 def matrix_costs(*, batch: int, m: int, n: int, iterations: int, exact_limit: int) -> dict[str, StageCost]:
     """Costs of the stages of :func:`lipcheck.norms.matrix.batched_matrix_norms` on ``batch`` m×n matrices: "power",
     "exact" (Lanczos; the dense SVD of matrices within ``exact_limit`` entries is cheap and never skipped), "gram"."""
@@ -301,7 +321,8 @@ def current() -> tuple[ResourceLimits, float]:
 
 
 # stages whose skip another stage implies, and what a skip of each means for the report
-_IMPLIES = {"operator": ("power", "exact", "circular"), "power": ("exact",)}
+_IMPLIES = {"operator": ("power", "exact", "circular", "zero-pad"), "power": ("exact", "zero-pad"),
+            "exact": ("zero-pad",)}
 _WHAT = {
     "operator": "the operator (power iteration, σ exact, circular bound)",
     "power": "power iteration",
@@ -309,8 +330,9 @@ _WHAT = {
     "circular": "the circular (FFT) bound",
     "reshaped": "σ reshaped",
     "gram": "the Gram-iteration bound",
+    "zero-pad": "the zero-padded certificate",
 }
-_HOW_TO_SKIP = {"exact": "--no-exact skips it"}
+_HOW_TO_SKIP = {"exact": "--no-exact skips it", "zero-pad": "--tight-work 0 skips it"}
 
 
 def plan_layer(node: str, op: str, costs: Mapping[str, StageCost], iterations: int) -> LayerPlan:

@@ -211,6 +211,7 @@ def layer_key(node: Node, graph: Graph, settings: Settings) -> str | None:
                 "tolerance": float(settings.tolerance).hex(),
                 "seed": settings.seed,
                 "exact_limit": settings.exact_limit,
+                "tight_work": float(settings.tight_work).hex(),
             },
         }
     except NotCacheable as exc:

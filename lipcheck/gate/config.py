@@ -79,6 +79,7 @@ class ModelOptions:
     seed: int | None = None
     exact_limit: int | None = None
     exact: bool | None = None
+    tight_work: float | None = None  # GFLOP per conv for the zero-padded certificate (lipcheck.norms.zeropad)
     method: str | None = None  # auto, product, lipsdp or blocks (lipcheck.bound.methods.choose)
     domain: str | None = None  # an input region, "LO,HI" or "NAME=LO,HI;..." (lipcheck.bound.local.parse_domain)
     lower_bound: bool | None = None
@@ -319,6 +320,7 @@ _OPTION_KEYS: dict[str, tuple[str, Parser]] = {
     "seed": ("seed", _integer(0)),
     "exact-limit": ("exact_limit", _integer(0)),
     "exact": ("exact", _boolean),
+    "tight-work": ("tight_work", _number(0.0, strict=False)),
     "method": ("method", _method),
     "domain": ("domain", _domain),
     "lower-bound": ("lower_bound", _boolean),

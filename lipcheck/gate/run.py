@@ -40,6 +40,7 @@ class AnalysisOptions:
     tolerance: float = 1e-6
     seed: int = 0
     exact_limit: int = 2_000_000
+    tight_work: float = 50.0  # GFLOP per conv for the zero-padded certificate
     lower_bound: bool = False  # check: off unless asked (the gate is on the certified bound)
     lower_bound_seconds: float = 5.0
     trust_pickle: bool = False
@@ -58,6 +59,7 @@ class AnalysisOptions:
             "tolerance": self.tolerance,
             "seed": self.seed,
             "exact_limit": self.exact_limit,
+            "tight_work": self.tight_work,
             "lower_bound": self.lower_bound,
             "lower_bound_seconds": self.lower_bound_seconds,
             "trust_pickle": self.trust_pickle,
@@ -96,6 +98,7 @@ def _target(path: str, name: str, options: ModelOptions) -> Target:
         tolerance=_or(options.tolerance, defaults.tolerance),
         seed=_or(options.seed, defaults.seed),
         exact_limit=0 if options.exact is False else _or(options.exact_limit, defaults.exact_limit),
+        tight_work=_or(options.tight_work, defaults.tight_work),
         lower_bound=_or(options.lower_bound, defaults.lower_bound),
         lower_bound_seconds=_or(options.lower_bound_seconds, defaults.lower_bound_seconds),
         trust_pickle=_or(options.trust_pickle, defaults.trust_pickle),

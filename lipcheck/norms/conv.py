@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from lipcheck.norms.margin import EPS64, as_float64, rounding_margin
 from lipcheck.norms.matrix import batched_matrix_norms, sigma_max_svd
 from lipcheck.norms.power import LanczosError, PowerResult, lanczos_sigma_max, lanczos_top_vector_float32
+from lipcheck.norms.zeropad import zero_padded_sigma
 from lipcheck.report.model import NormResult
 from lipcheck.threads import configure_torch
 
@@ -58,6 +59,8 @@ _EXACT_TOP = 3  # frequencies with the largest estimates whose λ_max is compute
 _CERT_TOL = 2e-6  # μ = (largest λ found)·(1 + this): the certificate on σ ends <= ~1e-6 above the circular σ
 _CERT_ROUNDS = 3  # raise μ to the failed Grams' dense λ_max this many times before falling back
 _GRAM_STEPS = 16  # Gram squarings at most in the fallback certificate
+TIGHT_WORK = 50.0  # GFLOP per layer the zero-padded certificate may take by default (about 0.4 s on 2 cores)
+TIGHT_WORTH = 1e-5  # ... tried only when the other certificates are more than this above σ exact
 _WARM_NOISE = 1e-2  # weight of the seeded Gaussian added to the circular warm start of power iteration
 
 
@@ -121,6 +124,7 @@ def conv_norms(
     seed: int = 0,
     exact_limit: int = 2_000_000,
     skip: Mapping[str, str] | None = None,
+    tight_work: float = TIGHT_WORK,
 ) -> NormResult:
     """Norms of the zero-padded Conv with ``weight`` (C_out, C_in/groups, *k) on its actual input.
 
@@ -149,6 +153,7 @@ def conv_norms(
         seed=seed,
         exact_limit=exact_limit,
         skip=skip,
+        tight_flops=tight_work * 1e9,
     )
 
 
@@ -162,6 +167,7 @@ def conv_transpose_norms(
     seed: int = 0,
     exact_limit: int = 2_000_000,
     skip: Mapping[str, str] | None = None,
+    tight_work: float = TIGHT_WORK,
 ) -> NormResult:
     """Norms of the ConvTranspose with ``weight`` (C_in, C_out/groups, *k) on its actual input.
 
@@ -214,6 +220,7 @@ def conv_transpose_norms(
         seed=seed,
         exact_limit=exact_limit,
         skip=skip,
+        tight_flops=tight_work * 1e9,
     )
 
 
@@ -933,6 +940,7 @@ def _operator_norms(
     seed: int,
     exact_limit: int,
     skip: Mapping[str, str] | None = None,
+    tight_flops: float = 0.0,
 ) -> NormResult:
     skip = skip or {}
     if op.max_reads() == 0 or not np.any(op.weight):
@@ -1007,6 +1015,13 @@ def _operator_norms(
     if "reshaped" not in skip:
         candidates["reshaped-bound"] = _reshaped_bound(op)
     candidates["frobenius"] = _frobenius_bound(op)
+    # the zero-padded operator itself (banded Cholesky of μI − M, lipcheck.norms.zeropad), within its work budget
+    if (exact_method == "lanczos" and sigma_exact is not None and tight_flops > 0 and "zero-pad" not in skip
+            and min(candidates.values()) > sigma_exact * (1.0 + TIGHT_WORTH)):
+        tight = zero_padded_sigma(op.weight, op.n, op.out, op.strides, op.dilations, op.pads_begin, op.groups,
+                                  sigma_exact, max_flops=tight_flops)
+        if tight is not None:
+            candidates["zero-pad-cholesky"] = tight
     upper_method = min(candidates, key=lambda k: candidates[k])
     # max() with values that are <= σ keeps the certificate and the invariant power <= exact <= upper
     sigma_upper = max(candidates[upper_method], power.sigma, sigma_exact or 0.0)

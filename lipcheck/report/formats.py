@@ -326,7 +326,7 @@ def summarize(report: Report, footnotes: Footnotes | None = None) -> Summary:
     s = report.settings
     settings = (
         f"power iterations {s.power_iterations}, tolerance {s.tolerance:g}, seed {s.seed}, "
-        f"exact limit {s.exact_limit}, lower bound "
+        f"exact limit {s.exact_limit}, tight work {s.tight_work:g} GFLOP, lower bound "
         + (f"{_seconds(s.lower_bound_seconds)} budget" if s.lower_bound else "off")
         + f", method {s.method}"
     )

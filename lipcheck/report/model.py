@@ -255,6 +255,7 @@ class Settings:
     lower_bound: bool = True
     lower_bound_seconds: float = 5.0
     method: str = "auto"  # the composition methods asked for: auto, product, lipsdp or blocks (bound.methods)
+    tight_work: float = 50.0  # GFLOP per conv for the zero-padded certificate (lipcheck.norms.zeropad); 0 = off
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def _conv_plan(node: Node, ctx: RuleContext, w: np.ndarray, geom, out_spatial: t
     """The norm options and the stages to skip for a Conv (or the Conv a ConvTranspose is the adjoint of, whose
     input is ``geom.input_spatial`` and output ``out_spatial``), under the resource limits
     (:mod:`lipcheck.budget`): estimated from the shapes, before anything of the operator's size exists."""
-    from lipcheck.budget import conv_costs, plan_layer
+    from lipcheck.budget import conv_costs, plan_layer, zero_pad_cost
 
     options = ctx.norm_options()
     costs = conv_costs(
@@ -102,8 +102,11 @@ def _conv_plan(node: Node, ctx: RuleContext, w: np.ndarray, geom, out_spatial: t
         strides=tuple(geom.strides), iterations=int(options["iterations"]), exact_size=exact_size,
         exact_limit=int(options["exact_limit"]),
     )
+    tight_work = float(ctx.settings.tight_work)
+    costs["zero-pad"] = zero_pad_cost(w, geom, tuple(out_spatial), tight_work, exact_size, int(options["exact_limit"]))
     plan = plan_layer(node.name, node.op_type, costs, int(options["iterations"]))
     options["iterations"] = plan.iterations
+    options["tight_work"] = tight_work
     return options, dict(plan.skip)
 
 

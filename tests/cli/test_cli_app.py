@@ -83,7 +83,7 @@ def test_options_are_forwarded(fake: Callable[[Any], FakeAnalyze]) -> None:
          "--seed", "3", "--exact-limit", "99", "--no-lower-bound", "--lower-bound-seconds", "0.5",
          "--no-progress", "--arch", "pkg.mod:make", "--arch-kwargs", '{"width": 2}', "--key", "ema",
          "--trust-pickle", "--method", "LipSDP", "--domain", "0,1", "--domain", "x=-1,1", "--around", "p.npy",
-         "--radius", "0.25", "--norm", "inf"],
+         "--radius", "0.25", "--norm", "inf", "--tight-work", "7.5"],
     )
     assert result.exit_code == 0, result.stderr
     [(model, options)] = analyze.calls
@@ -93,7 +93,7 @@ def test_options_are_forwarded(fake: Callable[[Any], FakeAnalyze]) -> None:
         "lower_bound": False, "lower_bound_seconds": 0.5, "progress": None, "trust_pickle": True,
         "arch": "pkg.mod:make", "arch_kwargs": {"width": 2}, "key": "ema", "jobs": "size", "cache_dir": None,
         "force": False, "method": "lipsdp", "domain": "0,1;x=-1,1", "around": "p.npy", "radius": 0.25,
-        "norm": "inf",
+        "norm": "inf", "tight_work": 7.5,
     }
 
 

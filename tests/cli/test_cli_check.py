@@ -108,7 +108,7 @@ def test_lower_bound_exact_and_analysis_flags_are_forwarded(fake: Callable[..., 
     result = runner.invoke(app, ["check", "m.onnx", "--lower-bound", "--lower-bound-seconds", "1", "--no-exact",
                                  "--seed", "4", "--power-iterations", "7", "--tolerance", "0.01", "-s", "1,4",
                                  "--arch", "a.py:f", "--arch-kwargs", '{"w": 2}', "--key", "k", "--trust-pickle",
-                                 "--force", "--method", "product"])
+                                 "--force", "--method", "product", "--tight-work", "3"])
     assert result.exit_code == EXIT_OK, result.stderr
     [(model, options)] = analyze.calls
     assert model == "m.onnx" and options["progress"] is not None
@@ -116,7 +116,7 @@ def test_lower_bound_exact_and_analysis_flags_are_forwarded(fake: Callable[..., 
     assert options == {"input_shape": (1, 4), "power_iterations": 7, "tolerance": 0.01, "seed": 4, "exact_limit": 0,
                        "lower_bound": True, "lower_bound_seconds": 1.0, "trust_pickle": True, "arch": "a.py:f",
                        "arch_kwargs": {"w": 2}, "key": "k", "jobs": 1, "cache_dir": None, "force": True,
-                       "method": "product"}
+                       "method": "product", "tight_work": 3.0}
 
 
 # ------------------------------------------------------------------------------- config and env vars
