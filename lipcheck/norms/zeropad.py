@@ -8,11 +8,12 @@ interlacing and Lehmann / Temple bounds with a circular ρ never apply. What doe
 
     λ_max(M) <= μ  ⟸  μI − M = R̂ᵀR̂ − ΔF, R̂ a completed floating-point Cholesky factor, ‖ΔF‖ bounded,
 
-with M the Gram of the smaller side (AᵀA on the input, AAᵀ on the output) and μ just above the exact value
-(Lanczos, or the power estimate). M is banded in block rows: take the blocks along the first spatial axis (a block
-holds every position of the remaining axes and every channel, B values); a 3×3 kernel couples block rows at most 2
-apart. So a block-banded Cholesky costs about n₀·B³·(R² + 2R + 1/3) flops (R the block reach) and never holds more
-than (R+1)(R+2)/2 blocks at once, where the dense factorization would cost (n₀B)³/3 and hold all of M.
+with M the Gram of the cheaper side (AᵀA on the input, AAᵀ on the output) and μ just above σ exact² (Lanczos).
+M is banded in block rows: take the blocks along one spatial axis (a block holds every position of the remaining
+axes and every channel, B values, or a few consecutive positions of the block axis when B is small: super-rows);
+a 3×3 kernel couples block rows at most 2 apart. So a block-banded Cholesky costs about n₀·B³·(R² + 2R + 1/3)
+flops (R the block reach) and never holds more than (R+1)(R+2)/2 blocks at once, where the dense factorization
+would cost (n₀B)³/3 and hold all of M.
 
 Rounding, every term an upper bound (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed.):
 
@@ -39,7 +40,7 @@ from lipcheck.norms.margin import EPS64, rounding_margin
 
 _UNIT = EPS64 / 2.0
 TIGHT_TOL = 1e-6  # μ = λ̂·(1 + this) on the first try: the certificate ends ~1e-6 above the exact value
-_RETRY_TOLS = (1e-6, 1e-4, 1e-3)  # a failed factorization (λ̂ below the top, e.g. a misconverged Lanczos) retries
+_RETRY_TOLS = (TIGHT_TOL, 1e-4, 1e-3)  # a failed factorization (λ̂ below the top, e.g. a misconverged Lanczos) retries
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,20 @@ def _abs_norm_product(w: np.ndarray) -> float:
     return col * row * (1.0 + 1e-10)
 
 
+def _lower_update(c: torch.Tensor, s: torch.Tensor) -> None:
+    """c −= s·sᵀ on c's lower triangle only (BLAS dsyrk, half a matrix product's work; the upper triangle is left
+    stale: the Cholesky factorization reads the lower one alone). Same rounding model as a product."""
+    from scipy.linalg.blas import dsyrk
+
+    s = s.contiguous()
+    target = c.numpy()
+    # row-major arrays seen as Fortran ones are their transposes: sᵀ's Fortran view is s, trans=1 gives s·sᵀ, and
+    # the Fortran upper triangle of cᵀ is c's lower one
+    out = dsyrk(-1.0, s.numpy().T, beta=1.0, c=target.T, trans=1, lower=0, overwrite_c=1)
+    if not np.shares_memory(out, target):
+        c.copy_(torch.from_numpy(np.ascontiguousarray(out.T)))
+
+
 @dataclass(frozen=True)
 class Factored:
     completed: bool
@@ -341,8 +356,10 @@ def certify_banded(gram: BandedGram, mu: float, abs_product: float, terms: int) 
                 fro2 += float(torch.sum(solved[j] * solved[j]))
             for j in below:
                 for col in below:
-                    if col <= j:
+                    if col < j:
                         blocks[(j, col)].addmm_(solved[j], solved[col].mT, alpha=-1.0)
+                    elif col == j:
+                        _lower_update(blocks[(j, j)], solved[j])
             del solved, factor
             if i + reach + 1 < n0:
                 add_row(i + reach + 1)

@@ -38,6 +38,7 @@ power-iterations = 50
 tolerance = 1e-4
 seed = 3
 exact-limit = 1000
+tight-work = 0
 allow-uncertified = true
 trust-pickle = false
 plot = "plots/b.png"
@@ -75,6 +76,7 @@ def test_full_config(tmp_path: Path) -> None:
     assert (b.options.exact, b.options.lower_bound, b.options.lower_bound_seconds) == (False, True, 1.5)
     options = b.options
     assert (options.power_iterations, options.tolerance, options.seed, options.exact_limit) == (50, 1e-4, 3, 1000)
+    assert options.tight_work == 0.0 and a.options.tight_work is None
     assert b.options.allow_uncertified is True and b.options.trust_pickle is False
     assert b.options.plot == os.path.join("plots", "b.png")
     assert config.entry_for(os.path.join("models", ".", "a.onnx")) == a
@@ -129,6 +131,7 @@ def test_explicit_config_file(tmp_path: Path) -> None:
          "pyproject.toml: tool.lipcheck.max-lipschitz: expected a number, got a boolean (True)"),
         ("[tool.lipcheck]\nmax-lipschitz = 0\n", "pyproject.toml: tool.lipcheck.max-lipschitz: must be > 0, got 0"),
         ("[tool.lipcheck]\nmax-increase = -1\n", "pyproject.toml: tool.lipcheck.max-increase: must be ≥ 0, got -1"),
+        ("[tool.lipcheck]\ntight-work = -5\n", "pyproject.toml: tool.lipcheck.tight-work: must be ≥ 0, got -5"),
         ("[tool.lipcheck]\nmax-lipschitz = nan\n", "tool.lipcheck.max-lipschitz: expected a finite number"),
         ("[tool.lipcheck]\nexact = 'no'\n", "tool.lipcheck.exact: expected true or false, got a string ('no')"),
         ("[tool.lipcheck]\npower-iterations = 1.5\n", "tool.lipcheck.power-iterations: expected an integer"),

@@ -31,6 +31,7 @@ def test_no_models_runs_every_configured_model() -> None:
     assert (b.name, b.thresholds.max_lipschitz, b.baseline) == ("bee", 20.0, "b.json")
     assert a.analysis == AnalysisOptions(seed=1)  # check's defaults: no lower bound
     assert b.analysis.exact_limit == 0  # exact = false
+    assert a.analysis.tight_work == 50.0 and a.analysis.kwargs()["tight_work"] == 50.0  # the default, forwarded
 
 
 def test_flags_override_the_config_and_unconfigured_models_get_the_defaults() -> None:
