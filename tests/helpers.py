@@ -72,3 +72,37 @@ def jacobian_ascent(fn: Any, v0: np.ndarray, steps: int, lr: float) -> float:
         (-norm).backward()
         opt.step()
     return best
+
+
+def random_conv_ops(seed: int, count: int, *, dims: Sequence[int] = (1, 2, 2, 3), max_kernel: int = 3,
+                    max_spatial: int = 6) -> list[Any]:
+    """Random small convolution operators (lipcheck.norms.conv._ConvOperator): 1-3 spatial dims, groups 1-3,
+    strides and dilations 1-2, pads 0-2 on each side, 30 % of them with non-negative (smooth) kernels; geometries
+    whose kernel exceeds the padded input are drawn again."""
+    from lipcheck.norms.conv import ConvGeometry, _ConvOperator
+
+    rng = np.random.default_rng(seed)
+    ops: list[Any] = []
+    while len(ops) < count:
+        d = int(rng.choice(list(dims)))
+        g = int(rng.choice([1, 1, 2, 3]))
+        c_in, c_out = g * int(rng.integers(1, 4)), g * int(rng.integers(1, 4))
+        k = tuple(int(rng.integers(1, max_kernel + 1)) for _ in range(d))
+        if all(v == 1 for v in k):
+            continue
+        w = rng.standard_normal((c_out, c_in // g, *k))
+        if rng.random() < 0.3:
+            w = np.abs(w)  # smooth kernels: the circular embedding's maximum sits at frequency 0
+        geom = ConvGeometry(
+            input_spatial=tuple(int(rng.integers(3, max_spatial + 1 if d < 3 else 5)) for _ in range(d)),
+            strides=tuple(int(rng.integers(1, 3)) for _ in range(d)),
+            dilations=tuple(int(rng.integers(1, 3)) for _ in range(d)),
+            pads_begin=tuple(int(rng.integers(0, 3)) for _ in range(d)),
+            pads_end=tuple(int(rng.integers(0, 3)) for _ in range(d)),
+            groups=g,
+        )
+        try:
+            ops.append(_ConvOperator(w, geom))
+        except ValueError:
+            continue
+    return ops

@@ -95,6 +95,9 @@ def _ascended_ratio_torch(module: torch.nn.Module, shape: tuple[int, ...]) -> fl
 
 
 _HEAVY = ("sn_discriminator", "strided_dilated_depthwise")  # 5-8 s each: in the slow set
+# 5-8 s each: in the slow set (the fast set keeps a whole-module .pt, a checkpoint and a state dict; the .pt2
+# loader has its own fast test in tests/loaders)
+_HEAVY_TORCH = ("sn_discriminator_legacy.pt", "sn_discriminator.pt", "cnn_bn.pt2")
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _HEAVY else n for n in ONNX_MODELS])
@@ -116,7 +119,7 @@ def test_onnx_global_target_is_met_and_measured(name: str, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn_bn", pytest.param("sn_discriminator", marks=pytest.mark.slow),
-                                  "strided_dilated_depthwise"])
+                                  pytest.param("strided_dilated_depthwise", marks=pytest.mark.slow)])
 def test_onnx_per_layer_target(name: str, tmp_path: Path) -> None:
     """Per layer: every weighted layer ends at or below the target; on these chains of ReLU / LeakyReLU /
     pooling (constants ≤ 1) the whole model then is, too."""
@@ -131,7 +134,7 @@ def test_onnx_per_layer_target(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("file", "options"), [
-    pytest.param(f, o, marks=pytest.mark.slow) if f == "sn_discriminator_legacy.pt" else (f, o) for f, o in TORCH_FILES
+    pytest.param(f, o, marks=pytest.mark.slow) if f in _HEAVY_TORCH else (f, o) for f, o in TORCH_FILES
 ], ids=[t[0] for t in TORCH_FILES])
 def test_torch_formats_global_target(file: str, options: dict[str, Any], tmp_path: Path) -> None:
     src = SAMPLES / "torch" / file

@@ -155,7 +155,8 @@ SAMPLE_HOW = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLE_HOW))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "sn_discriminator" else n
+                                  for n in sorted(SAMPLE_HOW)])  # sn_discriminator: 6 s, in the slow set
 def test_sample_models(name: str, tmp_path: Path) -> None:
     src = SAMPLES / f"{name}.onnx"
     digest = sha(src)

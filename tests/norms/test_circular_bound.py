@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import lipcheck.norms.conv as conv
 from lipcheck.norms.conv import ConvGeometry, _circular_bound, _ConvOperator
+from tests.helpers import random_conv_ops
 
 TOL = 5e-6
 
@@ -34,31 +35,7 @@ def dense_circular_sigma(op: _ConvOperator) -> float:
 
 
 def random_ops(seed: int, count: int) -> list[_ConvOperator]:
-    rng = np.random.default_rng(seed)
-    ops: list[_ConvOperator] = []
-    while len(ops) < count:
-        d = int(rng.choice([1, 2, 2, 3]))
-        g = int(rng.choice([1, 1, 2, 3]))
-        c_in, c_out = g * int(rng.integers(1, 4)), g * int(rng.integers(1, 4))
-        k = tuple(int(rng.integers(1, 4)) for _ in range(d))
-        if all(v == 1 for v in k):
-            continue
-        w = rng.standard_normal((c_out, c_in // g, *k))
-        if rng.random() < 0.3:
-            w = np.abs(w)  # smooth kernels: the maximum sits at frequency 0
-        geom = ConvGeometry(
-            input_spatial=tuple(int(rng.integers(3, 7 if d < 3 else 5)) for _ in range(d)),
-            strides=tuple(int(rng.integers(1, 3)) for _ in range(d)),
-            dilations=tuple(int(rng.integers(1, 3)) for _ in range(d)),
-            pads_begin=tuple(int(rng.integers(0, 3)) for _ in range(d)),
-            pads_end=tuple(int(rng.integers(0, 3)) for _ in range(d)),
-            groups=g,
-        )
-        try:
-            ops.append(_ConvOperator(w, geom))
-        except ValueError:
-            continue
-    return ops
+    return random_conv_ops(seed, count)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -14,6 +14,7 @@ import torch
 
 from lipcheck.norms.conv import ConvGeometry, _ConvOperator, conv_norms, conv_transpose_norms
 from lipcheck.norms.zeropad import banded_grams, plan_zero_pad, zero_padded_sigma
+from tests.helpers import random_conv_ops
 
 TOL = 2e-6  # relative, on σ: μ's 1e-6 on λ plus the rounding terms (1e-10 here)
 
@@ -24,32 +25,7 @@ def _sigma(op: _ConvOperator, sigma_hat: float, max_flops: float = 1e12) -> floa
 
 
 def random_ops(seed: int, count: int) -> list[_ConvOperator]:
-    rng = np.random.default_rng(seed)
-    ops: list[_ConvOperator] = []
-    while len(ops) < count:
-        d = int(rng.choice([1, 2, 2, 2, 3]))
-        g = int(rng.choice([1, 1, 2, 3]))
-        c_in, c_out = g * int(rng.integers(1, 4)), g * int(rng.integers(1, 4))
-        k = tuple(int(rng.integers(1, 5)) for _ in range(d))
-        if all(v == 1 for v in k):
-            continue
-        w = rng.standard_normal((c_out, c_in // g, *k))
-        if rng.random() < 0.3:
-            w = np.abs(w)
-        n = tuple(int(rng.integers(3, 8 if d < 3 else 5)) for _ in range(d))
-        geom = ConvGeometry(
-            input_spatial=n,
-            strides=tuple(int(rng.integers(1, 3)) for _ in range(d)),
-            dilations=tuple(int(rng.integers(1, 3)) for _ in range(d)),
-            pads_begin=tuple(int(rng.integers(0, 3)) for _ in range(d)),
-            pads_end=tuple(int(rng.integers(0, 3)) for _ in range(d)),
-            groups=g,
-        )
-        try:
-            ops.append(_ConvOperator(w, geom))
-        except ValueError:
-            continue  # kernel larger than the padded input
-    return ops
+    return random_conv_ops(seed, count, dims=(1, 2, 2, 2, 3), max_kernel=4, max_spatial=7)
 
 
 @pytest.mark.parametrize("op", random_ops(0, 24), ids=lambda op: f"{op.d}d-k{op.kernel}-s{op.strides}-g{op.groups}")
