@@ -304,20 +304,6 @@ def _abs_norm_product(w: np.ndarray) -> float:
     return col * row * (1.0 + 1e-10)
 
 
-def _lower_update(c: torch.Tensor, s: torch.Tensor) -> None:
-    """c −= s·sᵀ on c's lower triangle only (BLAS dsyrk, half a matrix product's work; the upper triangle is left
-    stale: the Cholesky factorization reads the lower one alone). Same rounding model as a product."""
-    from scipy.linalg.blas import dsyrk
-
-    s = s.contiguous()
-    target = c.numpy()
-    # row-major arrays seen as Fortran ones are their transposes: sᵀ's Fortran view is s, trans=1 gives s·sᵀ, and
-    # the Fortran upper triangle of cᵀ is c's lower one
-    out = dsyrk(-1.0, s.numpy().T, beta=1.0, c=target.T, trans=1, lower=0, overwrite_c=1)
-    if not np.shares_memory(out, target):
-        c.copy_(torch.from_numpy(np.ascontiguousarray(out.T)))
-
-
 @dataclass(frozen=True)
 class Factored:
     completed: bool
@@ -356,10 +342,9 @@ def certify_banded(gram: BandedGram, mu: float, abs_product: float, terms: int) 
                 fro2 += float(torch.sum(solved[j] * solved[j]))
             for j in below:
                 for col in below:
-                    if col < j:
+                    if col <= j:  # (BLAS dsyrk through scipy would halve the diagonal ones, but its OpenBLAS
+                        # threads then spin against torch's: 4-6× slower on small blocks, measured)
                         blocks[(j, col)].addmm_(solved[j], solved[col].mT, alpha=-1.0)
-                    elif col == j:
-                        _lower_update(blocks[(j, j)], solved[j])
             del solved, factor
             if i + reach + 1 < n0:
                 add_row(i + reach + 1)
