@@ -14,7 +14,7 @@ For every conv, :func:`conv_norms` returns
   ("svd"), else Lanczos on the Gram operator of the smaller side ("lanczos", tolerance 1e-10, float64, started
   from a float32 Lanczos run that starts from the power vector). Skipped (``None``, with the reason) when the
   operator has more than ``exact_limit`` inputs. 1×1 convs: SVD of the C_out×C_in channel matrices (max over
-  groups).
+  groups); with one group, the eigenvalues of its Gram that σ reshaped already computed ("gram-eigh").
 - ``sigma_upper``: certified, the minimum of several certified bounds (``upper_method`` names the winner):
   "circular-fft" (Sedghi, Gupta & Long, ICLR 2019, with the polyphase split of Senderovich, Bulatova &
   Deng 2022 for strides; every frequency certified by a Cholesky factorization, see :func:`_circular_bound`),
@@ -55,7 +55,9 @@ _KEEP_GRAM_ENTRIES = 16_000_000  # Grams kept between passes up to this many com
 _SMALL_CHOLESKY = 192  # Grams up to this size are factored one LAPACK call at a time (faster than batched there)
 _ESTIMATE_STEPS = 10  # batched power steps per frequency Gram: where the dense eigensolver looks
 _ESTIMATE_STEPS_SMALL = 4  # the same for Grams up to _SMALL_CHOLESKY
-_EXACT_TOP = 3  # frequencies with the largest estimates whose λ_max is computed densely to place μ
+_EXACT_TOP = 8  # frequencies with the largest estimates whose λ_max is computed accurately to place μ
+_TOP_LANCZOS_STEPS = 40  # Lanczos steps for those (Grams up to this size: the dense eigensolver)
+_TOP_LANCZOS_RESIDUAL = 1e-8  # a Ritz value with a larger relative residual is recomputed densely
 _CERT_TOL = 2e-6  # μ = (largest λ found)·(1 + this): the certificate on σ ends <= ~1e-6 above the circular σ
 _CERT_ROUNDS = 3  # raise μ to the failed Grams' dense λ_max this many times before falling back
 _GRAM_STEPS = 16  # Gram squarings at most in the fallback certificate
@@ -144,6 +146,8 @@ def conv_norms(
         return _light_norms(w, geom, None, sigma_reshaped, reshaped_upper, skip)
     op = _ConvOperator(w, geom)
     op.reshaped_upper = reshaped_upper
+    if sigma_reshaped is not None and reshaped_upper is not None:
+        op.reshaped_sigma = (sigma_reshaped, reshaped_upper)
     return _operator_norms(
         op,
         sigma_reshaped=sigma_reshaped,
@@ -264,6 +268,7 @@ class _ConvOperator:
         self.d = d
         self.weight = weight
         self.reshaped_upper: float | None = None  # certified σ of the weight reshaped along dim 0, when known
+        self.reshaped_sigma: tuple[float, float] | None = None  # (σ, certified σ) of that reshape, when known
         self.padded = tuple(n + b + e for n, b, e in zip(self.n, self.pads_begin, self.pads_end))
         self.eff_kernel = tuple(dil * (k - 1) + 1 for dil, k in zip(self.dilations, self.kernel))
         if any(p < ke for p, ke in zip(self.padded, self.eff_kernel)):
@@ -434,11 +439,13 @@ def _circular_bound(op: _ConvOperator, seed: int = 0) -> float:
 
 @dataclass(frozen=True)
 class _CircularTop:
-    """Where the circular embedding's σ was found: the Gram number (frequency·g + group) among ``grams``."""
+    """Where the circular embedding's σ was found: the Gram number (frequency·g + group) among ``grams``, and
+    that Gram's top eigenvector when the certificate computed it (else None)."""
 
     taps: _Taps
     grams: _CircularGrams
     number: int
+    vector: np.ndarray | None = None
 
 
 def _circular_bound_and_top(op: _ConvOperator, seed: int = 0) -> tuple[float, _CircularTop | None]:
@@ -468,9 +475,9 @@ def _circular_bound_and_top(op: _ConvOperator, seed: int = 0) -> tuple[float, _C
     if taps is None:
         return 0.0, None
     grams = _CircularGrams(taps)
-    lam, best = _certify_grams(grams, seed)
+    lam, best, vector = _certify_grams(grams, seed)
     sigma = math.sqrt(max(lam + grams.shift, 0.0)) * (1.0 + 4.0 * EPS64)
-    return sigma, _CircularTop(taps, grams, best)
+    return sigma, _CircularTop(taps, grams, best, vector)
 
 
 def _power_start_vector(op: _ConvOperator, top: _CircularTop | None) -> np.ndarray | None:
@@ -483,9 +490,12 @@ def _power_start_vector(op: _ConvOperator, top: _CircularTop | None) -> np.ndarr
     taps, grams, number = top.taps, top.grams, top.number
     freq_index, group = divmod(int(number), grams.g)
     freq = np.array(np.unravel_index(freq_index, grams.fshape))
-    with torch.no_grad():
-        _, vecs = torch.linalg.eigh(grams.select(np.array([number]))[0])
-    u = vecs[:, -1].numpy()
+    if top.vector is not None:
+        u = top.vector
+    else:
+        with torch.no_grad():
+            _, vecs = torch.linalg.eigh(grams.select(np.array([number]))[0])
+        u = vecs[:, -1].numpy()
     a_side = op.c_out // op.groups <= op.weight.shape[1] * math.prod(op.strides)
     if a_side:  # G = K̂K̂ᴴ (output side): the input vector is K̂ᴴu
         theta = np.zeros(len(taps.offsets))
@@ -507,8 +517,7 @@ def _power_start_vector(op: _ConvOperator, top: _CircularTop | None) -> np.ndarr
         shape = [1] * len(op.n)
         shape[i] = n
         window = window * np.sin(np.pi * (np.arange(n) + 1.0) / (n + 1.0)).reshape(shape)
-    best: np.ndarray | None = None
-    best_gain = -1.0
+    candidates = []
     for sign in (1.0, -1.0):  # which of the conjugate pair the real conv's correlation picks: keep the better
         wave = np.real(x_hat[(slice(None),) + phase_of] * np.exp(sign * 1j * angle))
         for taper in (None, window):
@@ -516,13 +525,15 @@ def _power_start_vector(op: _ConvOperator, top: _CircularTop | None) -> np.ndarr
             c0 = group * op.weight.shape[1]
             x[c0:c0 + op.weight.shape[1]] = wave if taper is None else wave * taper
             norm = float(np.linalg.norm(x))
-            if norm == 0.0 or not np.isfinite(norm):
-                continue
-            x = x.reshape(1, -1) / norm
-            gain = float(np.linalg.norm(op.forward(x)))
-            if gain > best_gain:
-                best, best_gain = x, gain
-    return best
+            if norm != 0.0 and np.isfinite(norm):
+                candidates.append(x.reshape(-1) / norm)
+    if not candidates:
+        return None
+    # the gains only rank the candidates: one float32 call for all four is accurate enough for that
+    stack = np.stack(candidates)
+    with torch.no_grad():
+        gains = torch.linalg.vector_norm(op.apply_t(_t32(stack)), dim=1).numpy()
+    return stack[int(np.argmax(gains))][None]
 
 
 @dataclass(frozen=True)
@@ -593,12 +604,20 @@ class _CircularGrams:
                 corr[delta] = acc
                 longest = max(longest, c * len(pairs))
             c0 = corr.pop(zero)
-            self._c0 = (0.5 * (c0 + c0.mT)).reshape(1, -1)
             deltas = sorted(corr)
-            self._sym = self._anti = None
+            # interleaved (real, imaginary) layout, so that one matmul writes the complex Grams in place:
+            # [cos θ | sin θ] @ [[sym, 0], [0, anti]] + [C_0, 0], viewed as complex
+            self._c0 = torch.zeros(1, g * r * r, 2, dtype=torch.float64)
+            self._c0[0, :, 0] = (0.5 * (c0 + c0.mT)).reshape(-1)
+            self._c0 = self._c0.reshape(1, -1)
+            self._basis = None
             if deltas:
-                self._sym = torch.stack([corr[k] + corr[k].mT for k in deltas]).reshape(len(deltas), -1)
-                self._anti = torch.stack([corr[k].mT - corr[k] for k in deltas]).reshape(len(deltas), -1)
+                basis = torch.zeros(2, len(deltas), g * r * r, 2, dtype=torch.float64)
+                for i, k in enumerate(deltas):
+                    basis[0, i, :, 0] = (corr[k] + corr[k].mT).reshape(-1)
+                    basis[1, i, :, 1] = (corr[k].mT - corr[k]).reshape(-1)
+                    del corr[k]
+                self._basis = basis.reshape(2 * len(deltas), -1)
         self._deltas = np.array(deltas, dtype=np.int64).reshape(-1, d)
         self.grid = grid
         self.g, self.r = g, r
@@ -615,17 +634,17 @@ class _CircularGrams:
     def of_frequencies(self, freqs: np.ndarray) -> torch.Tensor:
         """The Grams of these frequencies, every group: (len(freqs)·g, r, r) complex128."""
         r = self.r
-        if self._sym is None or self._anti is None:
-            re = self._c0.expand(len(freqs), -1)
-            return torch.complex(re, torch.zeros_like(re)).reshape(-1, r, r)
-        freq = np.stack(np.unravel_index(freqs, self.fshape), axis=1)
-        frac = np.zeros((len(freqs), self._deltas.shape[0]))
-        for i, m in enumerate(self.grid):  # exact integer reduction mod M before the division: accurate phases
-            frac += ((freq[:, i, None] * self._deltas[None, :, i]) % m) / m
-        theta = 2.0 * np.pi * frac
-        re = torch.addmm(self._c0, torch.from_numpy(np.cos(theta)), self._sym)
-        im = torch.from_numpy(np.sin(theta)) @ self._anti
-        return torch.complex(re, im).reshape(-1, r, r)
+        if self._basis is None:
+            out = self._c0.expand(len(freqs), -1).contiguous()
+        else:
+            freq = np.stack(np.unravel_index(freqs, self.fshape), axis=1)
+            frac = np.zeros((len(freqs), self._deltas.shape[0]))
+            for i, m in enumerate(self.grid):  # exact integer reduction mod M before the division: accurate phases
+                frac += ((freq[:, i, None] * self._deltas[None, :, i]) % m) / m
+            theta = 2.0 * np.pi * frac
+            phases = torch.from_numpy(np.concatenate([np.cos(theta), np.sin(theta)], axis=1))
+            out = torch.addmm(self._c0, phases, self._basis)
+        return torch.view_as_complex(out.reshape(len(freqs), -1, 2)).reshape(-1, r, r)
 
     def chunks(self):  # type: ignore[no-untyped-def]
         """(first Gram number, Grams) over every frequency, in chunks of bounded memory; kept for the next
@@ -644,6 +663,10 @@ class _CircularGrams:
         if keep:
             self._kept = kept
 
+    def release(self) -> None:
+        """Drop the Grams kept between passes (the next :meth:`chunks` makes them again)."""
+        self._kept = None
+
     def select(self, numbers: np.ndarray) -> torch.Tensor:
         """The Grams with these numbers, in the order given."""
         numbers = np.asarray(numbers, dtype=np.int64)
@@ -657,22 +680,24 @@ class _CircularGrams:
         return stacked[torch.from_numpy(inverse.reshape(-1) * self.g + numbers % self.g)]
 
 
-def _certify_grams(grams: _CircularGrams, seed: int = 0) -> tuple[float, int]:
+def _certify_grams(grams: _CircularGrams, seed: int = 0) -> tuple[float, int, np.ndarray | None]:
     """(A certified upper bound on the largest λ_max over every Gram, not counting ``grams.shift``; the number
-    of the Gram with the largest λ_max found).
+    of the Gram with the largest λ_max found; its top eigenvector, when computed).
 
-    1. Estimate from below: batched power iteration on every Gram (Rayleigh quotients), then a dense
-       eigensolver on the _EXACT_TOP Grams with the largest estimates: λ̂ = the largest value seen.
+    1. Estimate from below: batched power iteration on every Gram (Rayleigh quotients), then λ_max of the
+       _EXACT_TOP Grams with the largest estimates (:func:`_top_lambda`): λ̂ = the largest value seen.
     2. Certify: μ = λ̂·(1 + _CERT_TOL); for every Gram a floating-point Cholesky of fl(μI − G) (G scaled by an
        exact power of two). If it completes, λ_max(G) <= :func:`_cholesky_certified` (Higham, Accuracy and
        Stability, Thm 10.3: R̂ᴴR̂ = F + ΔF with ‖ΔF‖ <= γ_{r+1}·tr F, and R̂ᴴR̂ ⪰ 0; cf. Rump, BIT 2006).
-    3. A Gram whose factorization fails has λ_max near or above μ: its λ_max is computed densely, μ raised to
-       that value·(1 + _CERT_TOL) and those Grams checked again; after _CERT_ROUNDS, Gram iteration
+       Only the Cholesky certifies: step 1 only places μ, and a μ placed too low costs a round, never a bound.
+    3. A Gram whose factorization fails has λ_max near or above μ: its λ_max is computed, μ raised to that
+       value·(1 + _CERT_TOL) and those Grams checked again; after _CERT_ROUNDS, Gram iteration
        (:func:`_gram_certificate`) certifies what is left.
     """
     r = grams.r
     gen = torch.Generator().manual_seed(seed)
     estimates = np.empty(grams.size)
+    starts = None if r == 1 else torch.empty(grams.size, r, dtype=torch.complex64)
     with torch.no_grad():
         for first, gram in grams.chunks():
             if r == 1:
@@ -686,39 +711,81 @@ def _certify_grams(grams: _CircularGrams, seed: int = 0) -> tuple[float, int]:
                 for _ in range(_ESTIMATE_STEPS if r > _SMALL_CHOLESKY else _ESTIMATE_STEPS_SMALL):
                     x = g32 @ x
                     x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-30)
+                starts[first:first + gram.shape[0]] = x[:, :, 0]
                 x = x.to(torch.complex128)
                 x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-300)
                 est = (x.mH @ (gram @ x)).real.reshape(-1)
             estimates[first:first + gram.shape[0]] = est.numpy()
         best = int(np.argmax(estimates)) if estimates.size else 0
         if r == 1:  # 1×1 Grams are their own λ: the computed maximum, rounded up
-            return max(float(estimates.max(initial=0.0)), 0.0) * (1.0 + 4.0 * EPS64), best
+            return max(float(estimates.max(initial=0.0)), 0.0) * (1.0 + 4.0 * EPS64), best, None
+        assert starts is not None
         top = np.argsort(estimates)[::-1][:_EXACT_TOP]
         lam_hat = float(estimates.max(initial=0.0))
+        vector = None
         if top.size:
-            dense = _dense_lambda_max(grams.select(top))
-            best = int(top[int(np.argmax(dense))]) if dense.max() >= lam_hat else best
-            lam_hat = max(lam_hat, float(dense.max()))
+            found, vecs = _top_lambda(grams.select(top), starts[torch.from_numpy(top.copy())])
+            if found.max() >= lam_hat:
+                i = int(np.argmax(found))
+                best, vector = int(top[i]), vecs[i]
+            lam_hat = max(lam_hat, float(found.max()))
         mu = lam_hat * (1.0 + _CERT_TOL) if lam_hat > 0 else 1e-300
         failed = _cholesky_failures(grams, mu)
         for _ in range(_CERT_ROUNDS):
             if failed.size == 0:
                 break
-            dense = _dense_lambda_max(grams.select(failed))
-            if dense.max() * (1.0 + _CERT_TOL) > mu:
-                mu, best = float(dense.max()) * (1.0 + _CERT_TOL), int(failed[int(np.argmax(dense))])
+            found, vecs = _top_lambda(grams.select(failed), starts[torch.from_numpy(failed.copy())])
+            if found.max() * (1.0 + _CERT_TOL) > mu:
+                i = int(np.argmax(found))
+                mu, best, vector = float(found[i]) * (1.0 + _CERT_TOL), int(failed[i]), vecs[i]
             failed = _cholesky_failures(grams, mu, failed)
         lam = _cholesky_certified(mu, r)
         if failed.size:
             lam = max(lam, _gram_certificate(grams.select(failed), mu) * rounding_margin(2.0 * r**1.5))
-    return lam, best
+    return lam, best, vector
 
 
-def _dense_lambda_max(gram: torch.Tensor) -> np.ndarray:
-    """λ_max of each Hermitian matrix (dense eigensolver, float64): accurate, used only to place μ."""
-    if gram.shape[0] == 0:
-        return np.empty(0)
-    return torch.linalg.eigvalsh(gram)[:, -1].numpy()
+def _top_lambda(gram: torch.Tensor, start: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(λ_max, its unit eigenvector) of each Hermitian matrix of the (k, r, r) stack, accurate enough to place μ
+    (used only for that: a value below λ_max makes a Cholesky fail, and that Gram comes back here with the
+    dense solver's value). Lanczos with full reorthogonalization, _TOP_LANCZOS_STEPS steps from ``start`` (the
+    power estimates' vectors); the dense eigensolver for small matrices and for any Ritz pair whose residual
+    is above _TOP_LANCZOS_RESIDUAL·λ."""
+    k, r = gram.shape[0], gram.shape[-1]
+    if k == 0:
+        return np.empty(0), np.empty((0, r), dtype=np.complex128)
+    if r <= _TOP_LANCZOS_STEPS:
+        vals, vecs = torch.linalg.eigh(gram)
+        return vals[:, -1].numpy(), vecs[:, :, -1].numpy()
+    m = _TOP_LANCZOS_STEPS
+    basis = torch.zeros(k, m, r, dtype=torch.complex128)
+    alpha = torch.zeros(k, m, dtype=torch.float64)
+    beta = torch.zeros(k, m, dtype=torch.float64)
+    q = start.to(torch.complex128)
+    q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp_min(1e-300)
+    for j in range(m):
+        basis[:, j] = q
+        w = (gram @ q[:, :, None])[:, :, 0]
+        alpha[:, j] = torch.sum(q.conj() * w, dim=1).real
+        done = basis[:, :j + 1]
+        for _ in range(2):  # full reorthogonalization, twice
+            w = w - torch.einsum("kjr,kj->kr", done, torch.einsum("kjr,kr->kj", done.conj(), w))
+        beta[:, j] = torch.linalg.vector_norm(w, dim=1)
+        q = w / beta[:, j, None].clamp_min(1e-300)
+    t = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
+    theta, s_vecs = torch.linalg.eigh(t)
+    lam = theta[:, -1]
+    residual = (beta[:, -1] * s_vecs[:, -1, -1]).abs()
+    vec = torch.einsum("kjr,kj->kr", basis, s_vecs[:, :, -1].to(torch.complex128))
+    # a breakdown (β ≈ 0: an invariant subspace) leaves later basis vectors meaningless: recompute those densely
+    broken = (beta[:, :-1] <= 1e-10 * lam.abs().clamp_min(1e-300)[:, None]).any(dim=1)
+    redo = torch.nonzero(broken | (residual > _TOP_LANCZOS_RESIDUAL * lam.abs())).flatten()
+    if redo.numel():
+        vals, vecs = torch.linalg.eigh(gram[redo])
+        lam[redo] = vals[:, -1]
+        vec[redo] = vecs[:, :, -1]
+    vec = vec / torch.linalg.vector_norm(vec, dim=1, keepdim=True).clamp_min(1e-300)
+    return lam.numpy(), vec.numpy()
 
 
 def _cholesky_certified(mu: float, r: int) -> float:
@@ -748,13 +815,14 @@ def _cholesky_failures(grams: _CircularGrams, mu: float, only: np.ndarray | None
     failed: list[np.ndarray] = []
 
     def check(numbers: np.ndarray, gram: torch.Tensor) -> None:
-        f = gram * (-scale)
+        f = gram.mul_(-scale)  # in place: every Gram here is a fresh or a last-use copy
         f.diagonal(dim1=-2, dim2=-1).real.add_(mu * scale)
         failed.append(numbers[~_cholesky_completes(f)])
 
     if only is None:
         for first, gram in grams.chunks():
             check(np.arange(first, first + gram.shape[0]), gram)
+        grams.release()  # the kept Grams were factored in place: made again on demand from now on
     else:
         per = grams.chunk * grams.g
         for start in range(0, len(only), per):
@@ -951,7 +1019,11 @@ def _operator_norms(
         # 1×1: each kept output position applies W_g to one input position, distinct outputs read distinct
         # inputs, the rest read padding (zero rows): σ = max_g σ_max(W_g), exactly, for any stride and size
         channels = op.weight.reshape(op.groups, op.c_out // op.groups, -1)
-        res = batched_matrix_norms(channels, iterations=iterations, tol=tol, seed=seed, exact_limit=exact_limit)
+        # one group: the channel matrix is the kernel reshaped along dim 0, whose σ (and certified bound) the
+        # spectral-norm audit has just computed from its Gram's eigenvalues (op.reshaped_sigma): not again
+        known = op.reshaped_sigma if op.groups == 1 else None
+        res = batched_matrix_norms(channels, iterations=iterations, tol=tol, seed=seed, exact_limit=exact_limit,
+                                   gram_eigh=known)
         return NormResult(
             sigma_power=res.sigma_power,
             power_iterations=res.power_iterations,

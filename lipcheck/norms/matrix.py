@@ -167,12 +167,16 @@ def batched_matrix_norms(
     seed: int = 0,
     exact_limit: int = 2_000_000,
     skip: Mapping[str, str] | None = None,
+    gram_eigh: tuple[float, float] | None = None,
 ) -> NormResult:
     """σ = max over b of σ_max(ws[b]) for a ``(B, m, n)`` stack (batched MatMul, grouped 1×1 conv blocks).
 
     Same guarantees as :func:`matrix_norms` (but the stack is converted to float64 whole, never streamed);
     ``exact_limit`` applies to the entries of ONE matrix (m·n): each SVD costs what its own size says, however
     many there are. Thin matrices (min(m, n) <= 2) always get the SVD. ``skip``: as for :func:`matrix_norms`.
+    ``gram_eigh``: (σ, a certified upper bound on it) of a single matrix (B = 1), already computed from the
+    eigenvalues of its smaller Gram (a 1×1 conv's weight is its own reshaped kernel, whose σ the spectral-norm
+    audit computes anyway): reported as "gram-eigh" / "gram-eigh+margin" instead of a second, dense SVD.
     """
     skip = skip or {}
     ws = as_float64(ws, "matrix")
@@ -191,6 +195,18 @@ def batched_matrix_norms(
         tol=tol,
         seed=seed,
     )
+
+    if gram_eigh is not None and b == 1:
+        exact, upper = gram_eigh
+        # both are σ within rounding; the estimate from below, evaluated in float64, may differ in the last bits
+        return NormResult(
+            sigma_power=power.sigma,
+            power_iterations=power.iterations,
+            sigma_exact=max(exact, power.sigma),
+            exact_method="gram-eigh",
+            sigma_upper=max(upper, power.sigma, exact),
+            upper_method="gram-eigh+margin",
+        )
 
     lanczos_allowed = min(m, n) <= exact_limit
     # the dense SVD: up to exact_limit entries, or when it is the cheap certificate of a small matrix whose exact
