@@ -3,7 +3,7 @@
 - ``sigma_power``: power iteration from a seeded start (:func:`lipcheck.norms.power.power_iteration`), an
   estimate from below.
 - ``sigma_exact``: float64 dense SVD when the matrix has at most ``exact_limit`` entries, else Lanczos on
-  the Gram matrix of the smaller side (ARPACK, tolerance 1e-10).
+  the Gram matrix of the smaller side (tolerance 1e-10).
 - ``sigma_upper``: certified. After a dense SVD: the SVD value times :func:`rounding_margin` (max(m, n)
   terms; LAPACK's bound |σ̂ − σ| <= p(m, n)·ε·σ_max). Otherwise the Gram iteration bound (Delattre, Barthélemy,
   Araujo & Allauzen, "Efficient Bound of Lipschitz Constant for Convolutional Layers by Gram Iteration",
