@@ -58,7 +58,9 @@ CONV_FLOPS_F32 = 1.0e10
 CONV_FLOPS_F64 = 5.0e9
 MATMUL_FLOPS_F64 = 2.0e10
 ZERO_PAD_FLOPS = 1.0e11  # the banded Cholesky's blocks are large: 1.5e11 measured on 2 cores (3584² blocks)
-LANCZOS_PRODUCTS = 500  # Gram products (float64, plus as many in float32) of a Lanczos run: 150-1700 measured
+LANCZOS_PRODUCTS = 400  # float64 Gram products of a Lanczos run (three-term recurrence): 50-380 on ResNet-50's convs
+KRYLOV_STEPS = 30  # float32 Lanczos steps that refine power iteration's start (lipcheck.norms.conv._KRYLOV_STEPS)
+KRYLOV_BYTES = 256 * 2**20  # their basis, kept up to this size (lipcheck.norms.conv._KRYLOV_BYTES)
 GRAM_STEPS = 8  # Gram-iteration squarings a matrix typically takes
 CIRCULAR_GRAM_SECONDS = 2e-3  # per frequency Gram, fixed: passes of batched power, Cholesky, bookkeeping
 CIRCULAR_CUBE_SECONDS = 3.5e-9  # per frequency Gram, times r³ (r = its size); 256-channel 3×3 at 28²: 27 s
@@ -215,7 +217,9 @@ def conv_costs(
     tables = sum(o * kk * 9.0 for o, kk in zip(output_spatial, kernel)) + sum(8.0 * n for n in padded)
     one_pass = 8.0 * (2 * n_in + n_pad + 2 * n_out)
     costs = {"operator": StageCost(tables + one_pass, apply_flops / CONV_FLOPS_F64)}
-    costs["power"] = StageCost(one_pass + 4.0 * (n_in + n_out), iterations * 2 * apply_flops / CONV_FLOPS_F32)
+    krylov_basis = min(4.0 * (KRYLOV_STEPS + 1) * n_in, KRYLOV_BYTES)
+    costs["power"] = StageCost(one_pass + 4.0 * (n_in + n_out) + krylov_basis,
+                               (iterations + KRYLOV_STEPS) * 2 * apply_flops / CONV_FLOPS_F32)
     small, large = sorted((n_in, n_out))
     if exact_size > exact_limit:
         costs["exact"] = StageCost(0.0, 0.0)  # skipped by --exact-limit anyway
@@ -224,7 +228,7 @@ def conv_costs(
                                    + 10.0 * small * small * large / MATMUL_FLOPS_F64)
     else:
         costs["exact"] = StageCost(8.0 * 28 * small + one_pass,
-                                   LANCZOS_PRODUCTS * 2 * apply_flops * (1 / CONV_FLOPS_F64 + 1 / CONV_FLOPS_F32))
+                                   LANCZOS_PRODUCTS * 2 * apply_flops / CONV_FLOPS_F64)
     # circular: one r×r complex Gram per (frequency, group) on the coarse grid, r the smaller polyphase side
     s = math.prod(strides)
     a, b = c_out // max(groups, 1), c_in // max(groups, 1) * s

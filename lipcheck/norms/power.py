@@ -177,25 +177,3 @@ def _arpack_top(matvec: Callable[[np.ndarray], np.ndarray], n: int, start: np.nd
     except (ArpackNoConvergence, ArpackError) as exc:
         raise LanczosError(f"Lanczos (ARPACK) did not converge: {exc}") from exc
     return float(vals[-1])
-
-
-def lanczos_top_vector_float32(gram_apply32: Apply, n: int, *, v0: np.ndarray | None = None,
-                               tol: float = 1e-6) -> np.ndarray | None:
-    """The top eigenvector of a float32 Gram operator by Lanczos to a loose tolerance: a warm start for the float64
-    :func:`lanczos_sigma_max` (which then needs far fewer of its costlier float64 products). Only a direction, no
-    value is taken from it; None when ARPACK does not converge (the caller keeps its own start)."""
-    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
-
-    if n < 3:
-        return None
-
-    def matvec(x: np.ndarray) -> np.ndarray:
-        return np.asarray(gram_apply32(np.asarray(x, dtype=np.float32).reshape(1, n)), dtype=np.float32).ravel()
-
-    start = None if v0 is None or not np.any(v0) else np.asarray(v0, dtype=np.float32).ravel()
-    try:
-        _, vecs = eigsh(LinearOperator((n, n), matvec=matvec, dtype=np.float32), k=1, which="LA", tol=tol, v0=start)
-    except (ArpackNoConvergence, ArpackError):
-        return None
-    vec = np.asarray(vecs[:, -1], dtype=np.float64)
-    return vec if np.all(np.isfinite(vec)) and np.any(vec) else None
