@@ -66,7 +66,7 @@ def jobs_for(graph: Any, jobs: int) -> int:
     (``--threads`` / the load-aware default) when the weighted layers hold at least :data:`SIZE_WORK`
     multiply-adds (ResNet-50: 4e9; every sample model: under 3e7), else 1 (workers cost a second or two to start,
     each importing torch). Measured on 2 cores, side by side: ResNet-50 `analyze --no-exact --no-lower-bound`
-    21.9 s with 1, 14.4 s with 2 (bench/README.md)."""
+    14.4 s with 1, 10.9 s with 2 (2026-12-08)."""
     if jobs != BY_SIZE:
         return jobs
     from lipcheck.bound.walker import work_estimate

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from lipcheck.norms.margin import EPS64, as_float64, rounding_margin
 from lipcheck.norms.matrix import batched_matrix_norms, sigma_max_svd
-from lipcheck.norms.power import LanczosError, PowerResult, lanczos_sigma_max
+from lipcheck.norms.power import LanczosError, PowerResult, lanczos_ritz_vector, lanczos_sigma_max
 from lipcheck.norms.zeropad import zero_padded_sigma
 from lipcheck.report.model import NormResult
 from lipcheck.threads import configure_torch
@@ -431,73 +431,25 @@ def _power_iteration_fast(
 
 
 def _power_krylov_start(op: _ConvOperator, start: np.ndarray, steps: int = _KRYLOV_STEPS,
-                  tol: float = _KRYLOV_TOL) -> np.ndarray | None:
+                        tol: float = _KRYLOV_TOL) -> np.ndarray | None:
     """A better start for power iteration: the top Ritz vector of at most ``steps`` float32 Lanczos steps on AᵀA
-    from ``start`` (three-term recurrence; stops once the top Ritz pair's relative residual is below ``tol``).
+    from ``start`` (:func:`lipcheck.norms.power.lanczos_ritz_vector`).
 
     Power iteration converges slowly on convs, whose top singular values cluster (ResNet-50's 3×3 convs: 100
     iterations from the circular top vector end 1e-4…2e-3 below σ, while 30 Lanczos steps and 2-5 iterations end
     1e-9…7e-5 below it, in about half the time). Only the direction is used: the estimate is still power
     iteration's ‖A v‖ in float64, from below. The basis is kept in float32 up to _KRYLOV_BYTES, else the
-    recurrence runs twice (the second pass sums the Ritz vector). None when the start or a step is not finite."""
-    n = op.n_in
-    q0 = torch.from_numpy(np.ascontiguousarray(start, dtype=np.float32).reshape(-1))
-    norm0 = float(torch.linalg.vector_norm(q0))
-    if n < 3 or not math.isfinite(norm0) or norm0 == 0.0:
+    recurrence runs twice. A (1, n_in) float64 unit vector, or None."""
+    if op.n_in < 3:
         return None
-    keep = (steps + 1) * n * 4 <= _KRYLOV_BYTES
-
-    def recurrence(coefficients: np.ndarray | None):  # type: ignore[no-untyped-def]
-        """(alphas, betas, Σ_k c_k q_k or the kept basis)."""
-        q, q_prev, beta_prev = q0 / norm0, torch.zeros_like(q0), 0.0
-        alphas: list[float] = []
-        betas: list[float] = []
-        basis = torch.empty(steps, n, dtype=torch.float32) if keep and coefficients is None else None
-        total = torch.zeros(n, dtype=torch.float32) if coefficients is not None else None
-        for k in range(steps if coefficients is None else len(coefficients)):
-            if basis is not None:
-                basis[k] = q
-            if total is not None and coefficients is not None:
-                total += float(coefficients[k]) * q
-                if k == len(coefficients) - 1:
-                    break
-            w = op.adjoint_t(op.apply_t(q[None]))[0]
-            alpha = float(w @ q)
-            w -= alpha * q
-            w -= beta_prev * q_prev
-            beta = float(torch.linalg.vector_norm(w))
-            alphas.append(alpha)
-            betas.append(beta)
-            if not (math.isfinite(alpha) and math.isfinite(beta)):
-                return None
-            if coefficients is None and ((k + 1) % 5 == 0 or k + 1 == steps or beta <= 1e-6 * abs(alpha)):
-                vals, vecs = eigh_tridiagonal(np.array(alphas), np.array(betas[:-1]), select="i",
-                                              select_range=(k, k))
-                if beta <= 1e-6 * abs(alpha) or beta * abs(float(vecs[-1, 0])) <= tol * abs(float(vals[0])):
-                    break
-            q_prev, q, beta_prev = q, w / beta, beta
-        return alphas, betas, (basis if total is None else total)
-
-    from scipy.linalg import eigh_tridiagonal
-
+    q0 = torch.from_numpy(np.ascontiguousarray(start, dtype=np.float32).reshape(-1))
     with torch.no_grad():
-        first = recurrence(None)
-        if first is None:
-            return None
-        alphas, betas, basis = first
-        k = len(alphas)
-        _, vecs = eigh_tridiagonal(np.array(alphas), np.array(betas[:-1]), select="i", select_range=(k - 1, k - 1))
-        coef = vecs[:, 0]
-        if basis is not None:
-            vec = torch.from_numpy(coef.astype(np.float32)) @ basis[:k]
-        else:
-            second = recurrence(coef)
-            if second is None:
-                return None
-            vec = second[2]
+        vec = lanczos_ritz_vector(lambda q: op.adjoint_t(op.apply_t(q[None]))[0], q0, steps=steps, tol=tol,
+                                  keep=(steps + 1) * op.n_in * 4 <= _KRYLOV_BYTES)
+    if vec is None:
+        return None
     out = vec.to(torch.float64).numpy()
-    norm = float(np.linalg.norm(out))
-    return out[None] / norm if math.isfinite(norm) and norm > 0.0 else None
+    return out[None] / np.linalg.norm(out)
 
 
 # --------------------------------------------------------------------------------------------------------

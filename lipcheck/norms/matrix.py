@@ -26,7 +26,13 @@ import numpy as np
 
 from lipcheck.errors import InvalidWeightsError
 from lipcheck.norms.margin import as_float64, rounding_margin
-from lipcheck.norms.power import LanczosError, lanczos_sigma_max, power_iteration, power_iteration_gram
+from lipcheck.norms.power import (
+    LanczosError,
+    lanczos_ritz_vector,
+    lanczos_sigma_max,
+    power_iteration,
+    power_iteration_gram,
+)
 from lipcheck.report.model import NormResult
 
 GRAM_MAX_ITERATIONS = 30
@@ -42,6 +48,9 @@ STREAM_BLOCK_BYTES = 2**20
 _TRANSPOSED_BLOCK_BYTES = 2**23  # blocks of a transposed view: 8 MiB (W's rows read in runs of ≥ 1 KiB)
 _GRAM_BLOCK_ROWS = 512  # rows per block for the rank-k updates of the streamed Gram matrix (k this large)
 _SYMMETRIZE_BLOCK = 512
+KRYLOV_STEPS = 30  # Lanczos steps that refine power iteration's start (at most)
+KRYLOV_TOL = 1e-8  # ... fewer once the top Ritz pair's relative residual is below this
+KRYLOV_MAX_BATCH = 64  # stacks of more matrices keep the Gaussian start
 
 
 def sigma_max_svd(ws: np.ndarray) -> np.ndarray:
@@ -194,6 +203,7 @@ def batched_matrix_norms(
         iterations=iterations,
         tol=tol,
         seed=seed,
+        start=_refined_starts(ws, seed),
     )
 
     if gram_eigh is not None and b == 1:
@@ -258,6 +268,23 @@ def batched_matrix_norms(
         upper_method=upper_method,
         exact_skipped=skipped,
     )
+
+
+def _refined_starts(ws: np.ndarray, seed: int) -> np.ndarray | None:
+    """Power iteration's starts for a (B, m, n) stack: power iteration's own seeded Gaussian, refined by up to
+    KRYLOV_STEPS Lanczos steps on each WᵀW (:func:`lipcheck.norms.power.lanczos_ritz_vector`), so the iteration
+    starts near the top singular vector (a 2048×1000 Gemm: 100 iterations ended 0.37 % below σ). None (the plain
+    Gaussian start) for stacks of more than KRYLOV_MAX_BATCH matrices or rows shorter than 3."""
+    b, _, n = ws.shape
+    if n < 3 or b > KRYLOV_MAX_BATCH:
+        return None
+    starts = np.random.default_rng(seed).standard_normal((b, n))
+    for k in range(b):
+        w = ws[k]
+        vec = lanczos_ritz_vector(lambda v, w=w: w.T @ (w @ v), starts[k], steps=KRYLOV_STEPS, tol=KRYLOV_TOL)
+        if vec is not None:
+            starts[k] = vec
+    return starts
 
 
 def _skip_reason(size: int, exact_limit: int) -> str:
@@ -371,7 +398,13 @@ def streamed_matrix_norms(
     if r == 0 or long_side == 0:
         return NormResult(0.0, 0, 0.0, "svd", 0.0, "svd+margin")
     f0 = stream.frobenius()  # first: it refuses NaN / Inf
-    power = power_iteration_gram(stream.gram_pass, r, iterations=iterations, tol=tol, seed=seed)
+    # the start refined as in memory (:func:`_refined_starts`): 30 passes at most, where power iteration alone
+    # often takes 100
+    start = np.random.default_rng(seed).standard_normal(r)
+    refined = None if r < 3 else lanczos_ritz_vector(lambda q: stream.gram_pass(q[None])[1][0], start,
+                                                      steps=KRYLOV_STEPS, tol=KRYLOV_TOL)
+    power = power_iteration_gram(stream.gram_pass, r, iterations=iterations, tol=tol, seed=seed,
+                                 start=None if refined is None else refined[None])
     if r <= 2:
         # Gram entries are sums of `long_side` products: |δG| <= γ_N·‖W‖_F² <= r·γ_N·σ², covered by the margin
         if f0 == 0.0:
