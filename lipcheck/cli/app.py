@@ -221,8 +221,9 @@ TightWorkOpt = Annotated[
     float,
     typer.Option(
         "--tight-work", min=0.0, metavar="GFLOP",
-        help="Work a conv's zero-padded certificate may take (a banded Cholesky: certified σ within ~1e-6 of "
-        "σ exact where the circular bound is looser; runs with σ exact). 0 turns it off.",
+        help="Work per conv for tighter certificates, with σ exact: the circular bound again on the smallest "
+        "valid grid where it is over 1e-3 above σ exact, and the zero-padded certificate (a banded Cholesky: "
+        "certified σ within ~1e-6 of σ exact). 0 turns both off.",
     ),
 ]
 
@@ -804,7 +805,7 @@ def check(
     tight_work: Annotated[
         float | None,
         typer.Option("--tight-work", min=0.0, metavar="GFLOP", show_default=False,
-                     help="Work a conv's zero-padded certificate may take (default 50; 0: off).",
+                     help="Work per conv for tighter certificates (default 50; 0: off).",
                      rich_help_panel=_ANALYSIS_PANEL),
     ] = None,
     method: Annotated[
