@@ -30,6 +30,7 @@ applied to that Conv.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -716,6 +717,17 @@ class _CircularGrams:
         if keep:
             self._kept = kept
 
+    def on_grid(self, grid: tuple[int, ...]) -> _CircularGrams:
+        """The same kernel's Grams on another coarse grid: the tap autocorrelations (and the rounding margin) do not
+        depend on the grid, only the frequencies do, so they are shared, not made again."""
+        other = copy.copy(self)
+        other.grid = tuple(int(m) for m in grid)
+        other.fshape = (*other.grid[:-1], other.grid[-1] // 2 + 1)
+        other.n_freq = math.prod(other.fshape)
+        other.size = other.n_freq * self.g
+        other._kept = None
+        return other
+
     def release(self) -> None:
         """Drop the Grams kept between passes (the next :meth:`chunks` makes them again)."""
         self._kept = None
@@ -1142,8 +1154,10 @@ def _operator_norms(
         # the circular embedding on the smallest valid grid samples the kernel's symbol elsewhere: a second
         # certificate, often tighter where the spatial size is small (both are certified: the smaller is kept)
         smallest = _smallest_grid(op)
-        if smallest != _default_grid(op) and _circular_flops(op, smallest) <= tight_flops:
-            circular = min(circular, _circular_bound_and_top(op, seed, smallest)[0])
+        if top is not None and smallest != _default_grid(op) and _circular_flops(op, smallest) <= tight_flops:
+            grams = top.grams.on_grid(smallest)
+            lam, _, _ = _certify_grams(grams, seed)
+            circular = min(circular, math.sqrt(max(lam + grams.shift, 0.0)) * (1.0 + 4.0 * EPS64))
     if math.isfinite(circular):
         candidates["circular-fft"] = circular
     if "reshaped" not in skip:
